@@ -1,0 +1,130 @@
+"""Logical axis names for parameters and activations, and their mapping onto mesh axes.
+
+Every parameter in codi_jax is created through `param_with_axes`-style logical names
+(`nn.with_logical_partitioning`). The vocabulary below is the whole set; rules map each
+name to a mesh axis (`data`, `fsdp`, `tensor`) or to None (replicated).
+
+Vocabulary (parameter dims):
+  embed     a model-width dimension (input of up-projections, output of down-projections)
+  mlp       a hidden / expanded dimension (FF inner, q/k/v joined heads, projection outputs)
+  heads     joined attention heads x head_dim (q/k/v output, out-proj input)
+  vocab     token vocabulary
+  conv_in   input channels of a convolution
+  conv_out  output channels of a convolution
+  kernel    spatial / temporal kernel taps (never sharded)
+  norm      scale / bias of a normalisation layer (never sharded)
+  pos       positions of a learned position table (never sharded)
+Activations: batch, length, act_embed, act_mlp, act_heads, height, width, frames.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# One rule list for every network. Each logical name maps to a mesh axis or None. `fsdp`
+# sits on the width dims, `tensor` on the expanded dims, so fsdp+tensor shards a dense
+# kernel on both of its dims.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("embed", "fsdp"),
+    ("conv_in", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("conv_out", "tensor"),
+    ("vocab", "tensor"),
+    ("kernel", None),
+    ("norm", None),
+    ("pos", None),
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("height", None),
+    ("width", None),
+    ("frames", None),
+)
+
+
+def dense_init(init=nn.initializers.lecun_normal(), axes=("embed", "mlp")):
+    """A kernel initialiser carrying logical axis names."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def logical_spec(
+    names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES
+) -> P:
+    """PartitionSpec for one array from its logical names, its shape and the mesh.
+
+    A mesh axis is used at most once per array and only on a dim it divides. Where a
+    rule's mesh axis cannot be placed (the dim does not divide, or the axis is taken), it
+    moves to the largest remaining dim it divides, so no large parameter stays replicated
+    because one of its dims is odd (e.g. the temporal FF's 1706-wide projection).
+    """
+    if names is None:
+        return P()
+    rule_map = dict(rules)
+    spec: list[Any] = [None] * len(shape)
+    used: set[str] = set()
+    pending: list[str] = []
+    for i, name in enumerate(names):
+        axes = rule_map.get(name) if name is not None else None
+        if axes is None:
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        placed = []
+        for ax in axes:
+            size = mesh.shape.get(ax, 1)
+            if ax in used or size == 1:
+                continue
+            if shape[i] % (int(np.prod([mesh.shape[a] for a in placed])) * size) == 0:
+                placed.append(ax)
+                used.add(ax)
+            else:
+                pending.append(ax)
+        if placed:
+            spec[i] = placed[0] if len(placed) == 1 else tuple(placed)
+    for ax in pending:
+        if ax in used:
+            continue
+        size = mesh.shape[ax]
+        free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % size == 0
+                and names[i] not in ("kernel", "norm", "pos")]
+        if free:
+            i = max(free, key=lambda j: shape[j])
+            spec[i] = ax
+            used.add(ax)
+    while spec and spec[-1] is None:
+        spec.pop()
+    return P(*spec)
+
+
+def tree_shardings(abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a tree of (possibly boxed) abstract arrays from `jax.eval_shape(init)`."""
+    specs = nn.get_partition_spec(abstract_tree)
+    shapes = nn.meta.unbox(abstract_tree)
+
+    def one(spec, leaf):
+        names = tuple(spec) if spec is not None else None
+        return NamedSharding(mesh, logical_spec(names, leaf.shape, mesh, rules))
+
+    return jax.tree.map(one, specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def sharded_init(init_fn, mesh: Mesh, *args, rules=DEFAULT_RULES):
+    """Initialise a parameter tree directly into its shards: eval_shape -> specs -> jit(out_shardings).
+
+    Returns (params, shardings) with logical boxes removed.
+    """
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = tree_shardings(abstract, mesh, rules)
+    params = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    return params, shardings
+
+
+def with_constraint(x, names: Sequence[str | None]):
+    """Constrain an activation by logical names (a no-op outside a mesh / rules context)."""
+    return nn.with_logical_constraint(x, names)

@@ -1,0 +1,43 @@
+"""codi_jax: CoDi (Composable Diffusion) in JAX/Flax, trainable at every stage."""
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorflow-datasets>=4.9.10,<5",
+    "grain>=0.2.18,<0.3",
+    "array_record>=0.8.6,<0.9",
+    "ml_collections>=1.1.0,<2",
+    "einops>=0.8.2,<0.9",
+    "clu>=0.0.12,<0.1",
+    # clu's metric_writers write TensorBoard summaries through TensorFlow.
+    "tensorflow-cpu>=2.16",
+    "tensorboard>=2.16",
+    "transformers>=5,<6",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "soundfile>=0.12",
+    "pillow>=10",
+    "imageio>=2.34",
+    "imageio-ffmpeg>=0.5",
+    "tqdm>=4.66",
+]
+
+setup(
+    name="codi_jax",
+    version="0.1.0",
+    description="CoDi any-to-any generation (Composable Diffusion) in JAX/Flax: training and sampling",
+    packages=find_packages(include=["codi_jax", "codi_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require={
+        # torch is only a parity reference and a reader of the released .pth files.
+        "test": ["pytest>=8", "torch==2.13.0"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+    },
+)
