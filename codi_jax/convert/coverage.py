@@ -53,8 +53,9 @@ def component_report(component: registry.Component, keys: list[str], entries: di
     wrong = sorted(f"{p}: converted {converted[p]} vs ours {ours[p]}"
                    for p in ours if p in converted and converted[p] != ours[p])
     extra = sorted(p for p in converted if p not in ours)
+    # A tied group (GPT-2's wte / lm_head) is one parameter: count it at its first key only.
     reference = sum(int(np.prod(entries[k]["shape"])) for k in keys
-                    if entries[k]["kind"] == "parameter" and "tied_with" not in entries[k])
+                    if entries[k]["kind"] == "parameter" and k <= min(entries[k].get("tied_with", [k])))
     return {
         "ours": sum(int(np.prod(s)) for s in ours.values()),
         "reference": reference,
