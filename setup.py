@@ -25,13 +25,15 @@ RUNTIME = [
     "imageio>=2.34",
     "imageio-ffmpeg>=0.5",
     "tqdm>=4.66",
+    # tensorflow-datasets needs it to run dataset builders but does not declare it.
+    "importlib_resources>=6",
 ]
 
 setup(
     name="codi_jax",
     version="0.1.0",
     description="CoDi any-to-any generation (Composable Diffusion) in JAX/Flax: training and sampling",
-    packages=find_packages(include=["codi_jax", "codi_jax.*"]),
+    packages=find_packages(include=["codi_jax", "codi_jax.*", "data_pipelines", "data_pipelines.*"]),
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={
