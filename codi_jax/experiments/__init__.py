@@ -1,0 +1,1 @@
+"""End-to-end experiments: every training stage, then the evaluation, from one command."""

@@ -1,0 +1,332 @@
+"""The end-to-end Shapes & Tones run: every training stage on CPU, then the evaluation and its report.
+
+    python -m codi_jax.experiments.shapes_tones --variant cpu --workdir workdirs/shapes_tones
+    python -m codi_jax.experiments.shapes_tones --variant smoke --workdir /tmp/st_smoke
+
+runs, in order, each stage's config variant (`cpu`, or `tiny` for smoke) through `python -m codi_jax.train`
+in WORKDIR/<stage>, handing every finished stage's workdir to the later stages that take it
+(`config.init_from.<stage>`):
+  autoencoders -> bridging_align -> image_ldm -> video_ldm -> audio_ldm -> text_ldm -> latent_align,
+plus latent_align_own, the same latent alignment with the released code's context wiring (`own`) for the
+wiring ablation. Then `codi_jax.eval.shapes_tones_eval` generates every cell through `python -m
+codi_jax.sample --batch` (the sampling configs are written to WORKDIR/eval/sample_*.json) and scores it.
+The report goes to docs/results.md + docs/results_grid.png for `cpu`, WORKDIR/report/ for `smoke`.
+
+Resumable: a stage whose final checkpoint exists is skipped, and generations already written are kept.
+Per-stage wall times are printed and kept in WORKDIR/timings.json (so a resumed run still reports them);
+each stage's log is WORKDIR/logs/<stage>.log.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+STAGES = ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm", "text_ldm", "latent_align")
+ABLATION_STAGE = "latent_align_own"
+WIRING_KEY = "model.wiring"
+# The stage whose checkpoint the sampling pipeline takes each component from: the last one that trains it.
+COMPONENT_STAGES = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
+                    "autokl": "autoencoders", "audio_vae": "autoencoders", "vocoder": "autoencoders",
+                    "unet_image": "latent_align", "unet_text": "latent_align", "unet_audio": "latent_align"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    train: str                      # variant of every configs/<stage>.py
+    sample: str                     # variant of configs/sample.py for what the stages do not fix
+    num_examples: int               # examples per evaluation cell
+    sampler: str
+    steps: int
+    report_in_docs: bool
+    train_overrides: tuple = ()     # extra --config.key=value for every stage
+
+
+VARIANTS = {
+    "cpu": Variant(train="cpu", sample="cpu", num_examples=200, sampler="dpmpp_2m", steps=20, report_in_docs=True),
+    # Each tiny stage is cut to two steps: the smoke run checks that the stages hand over and that the
+    # evaluation generates, reads, scores and reports, not what the tiny models learn.
+    "smoke": Variant(train="tiny", sample="tiny", num_examples=2, sampler="ddim", steps=2, report_in_docs=False,
+                     train_overrides=(("total_steps", 2), ("log_every_steps", 1), ("checkpoint_every_steps", 2),
+                                      ("sample_every_steps", 2))),
+}
+
+
+def _log(message: str) -> None:
+    print(f"[shapes_tones] {message}", flush=True)
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def load_stage_config(stage: str, variant: str):
+    from codi_jax.train.defaults import load_config_file
+
+    return load_config_file(f"{REPO_ROOT / 'configs' / stage}.py:{variant}")
+
+
+def finished_step(workdir: pathlib.Path) -> int | None:
+    """The last finalised checkpoint step of a training workdir (orbax renames a step's temporary folder
+    to the bare step number only once the save is complete), or None."""
+    directory = workdir / "checkpoints"
+    steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if directory.is_dir() else []
+    return max(steps) if steps else None
+
+
+@dataclasses.dataclass
+class StagePlan:
+    name: str
+    config_name: str
+    overrides: dict
+    workdir: pathlib.Path
+
+    @property
+    def spec(self) -> str:
+        return f"configs/{self.config_name}.py"
+
+
+def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) -> list[StagePlan]:
+    """The stages in order, each with its --config overrides: every `init_from.<stage>` a stage's config
+    declares points at that earlier stage's workdir (other init_from entries keep their values)."""
+    names = list(STAGES) + ([ABLATION_STAGE] if wiring_ablation else [])
+    plans = []
+    for name in names:
+        config_name = "latent_align" if name == ABLATION_STAGE else name
+        config = load_stage_config(config_name, variant.train)
+        overrides = dict(variant.train_overrides)
+        for source in config.init_from.keys():
+            if source not in STAGES:
+                continue
+            if STAGES.index(source) >= STAGES.index(config_name):
+                raise ValueError(f"configs/{config_name}.py:{variant.train} takes init_from.{source}, which runs "
+                                 f"later in {list(STAGES)}")
+            overrides[f"init_from.{source}"] = str(workdir / source)
+        if name == ABLATION_STAGE:
+            overrides[WIRING_KEY] = "own"
+        plans.append(StagePlan(name, config_name, overrides, workdir / name))
+    return plans
+
+
+def run_stage(stage: StagePlan, variant: Variant, logs: pathlib.Path) -> tuple[bool, float, int]:
+    """Train one stage through `python -m codi_jax.train`, its output in logs/<stage>.log; skipped when
+    its final checkpoint exists. Returns (ran, wall seconds, total steps)."""
+    config = load_stage_config(stage.config_name, variant.train)
+    total = int(dict(variant.train_overrides).get("total_steps", config.total_steps))
+    last = finished_step(stage.workdir)
+    if last is not None and last >= total:
+        return False, 0.0, total
+    command = [sys.executable, "-m", "codi_jax.train", f"--config={stage.spec}:{variant.train}",
+               f"--workdir={stage.workdir}"] + [f"--config.{k}={v}" for k, v in stage.overrides.items()]
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{stage.name}.log"
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        status = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - start
+    if status != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"stage {stage.name} failed (exit {status}); last lines of {log_path}:\n"
+                           + "\n".join(tail))
+    return True, seconds, total
+
+
+def sampling_config(workdir: pathlib.Path, variant: Variant, align_stage: str, wiring: str):
+    """The sampling config of the trained networks: each component's network as the stage that trained
+    it configures it, its weights from that stage's workdir, latents of the sizes the LDM stages trained
+    on; everything else (tokenizers, batch size, fps, ...) from configs/sample.py:<variant.sample>."""
+    from codi_jax import pipeline
+    from codi_jax.data import mel
+    from codi_jax.sample import load_config
+
+    config = load_config(f"{REPO_ROOT / 'configs' / 'sample.py'}:{variant.sample}")
+    stages = {s: load_stage_config(s, variant.train) for s in ("autoencoders", "bridging_align", "image_ldm",
+                                                                "video_ldm", "audio_ldm", "latent_align")}
+    for component, stage in COMPONENT_STAGES.items():
+        config.models[component] = stages[stage].model[pipeline.TRAINING_NAMES[component]]
+        config.components[component] = f"workdir:{workdir / (align_stage if stage == 'latent_align' else stage)}"
+    nets = pipeline.build_networks(config)
+    image_factor = 2 ** (len(nets.autokl.ch_mult) - 1)
+    audio_factor = 2 ** (len(nets.audio_vae.ch_mult) - 1)
+    image = stages["image_ldm"].data.preprocess.image.size // image_factor
+    video = stages["video_ldm"].data.preprocess.video
+    audio_frames = int(stages["audio_ldm"].model.audio_frames)
+    config.latents = {
+        "image": (image, image, nets.autokl.embed_dim),
+        "video": (video.num_frames, video.size // image_factor, video.size // image_factor, nets.autokl.embed_dim),
+        "audio": (audio_frames // audio_factor, mel.N_MELS // audio_factor, nets.audio_vae.embed_dim),
+        "text": (nets.optimus.decoder.latent_size,)}
+    config.audio_seconds = audio_frames * math.prod(nets.vocoder.upsample_rates) / mel.SAMPLE_RATE
+    config.condition_frames = stages["bridging_align"].data.preprocess.video.num_frames
+    config.wiring = wiring
+    return config
+
+
+def sample_configs(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool) -> dict[str, str]:
+    """{pipeline: `--config` spec} of the main run (latent_align, wiring `others`) and, for the ablation,
+    of latent_align_own (wiring `own`); the configs are written to WORKDIR/eval/sample_<pipeline>.json."""
+    from codi_jax.eval import shapes_tones_eval as ste
+    from codi_jax.experiments import sample_json
+
+    pipelines = {ste.MAIN: ("latent_align", "others")}
+    if wiring_ablation:
+        pipelines[ste.OWN] = (ABLATION_STAGE, "own")
+    return {name: sample_json.write(sampling_config(workdir, variant, stage, wiring),
+                                    workdir / "eval" / f"sample_{name}.json")
+            for name, (stage, wiring) in pipelines.items()}
+
+
+def eval_settings(variant: Variant, wiring_ablation: bool = True):
+    """How the evaluation generates: the variant's sampler and sample count, conditioning inputs exported
+    at the resolution the prompt encoders were aligned on."""
+    from codi_jax.eval import shapes_tones_eval as ste
+
+    resolution = load_stage_config("bridging_align", variant.train).data.preprocess.image.size
+    return ste.EvalSettings(num_examples=variant.num_examples, sampler=variant.sampler, steps=variant.steps,
+                            resolution=int(resolution), wiring_ablation=wiring_ablation)
+
+
+def trained_pairs(variant: Variant) -> list[tuple[str, ...]]:
+    """The modality pairs latent alignment trains together (its objectives, e.g. "text_image")."""
+    return [tuple(name.split("_")) for name in load_stage_config("latent_align", variant.train).model.objectives]
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def versions() -> str:
+    from importlib import metadata
+
+    names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def machine() -> str:
+    import os
+
+    import jax
+
+    devices = jax.devices()
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
+            f"{len(devices)} {devices[0].platform} device(s)")
+
+
+def train(stages: list[StagePlan], variant: Variant, workdir: pathlib.Path, timings: dict) -> list[dict]:
+    """Run (or skip) every stage in order; the report's rows. Raises RuntimeError when a stage fails."""
+    rows = []
+    for stage in stages:
+        ran, seconds, steps = run_stage(stage, variant, workdir / "logs")
+        if ran:
+            timings[stage.name] = seconds
+            _save_timings(workdir, timings)
+            _log(f"stage {stage.name}: {steps} steps in {_format_seconds(seconds)}")
+        else:
+            _log(f"stage {stage.name}: final checkpoint (step {steps}) exists, skipped")
+        wall = _format_seconds(timings[stage.name]) if stage.name in timings else "–"
+        rows.append({"name": stage.name, "config": f"{stage.spec}:{variant.train}", "steps": steps,
+                     "wall_time": wall + ("" if ran or stage.name not in timings else " (earlier run)")})
+    return rows
+
+
+def _save_timings(workdir: pathlib.Path, timings: dict) -> None:
+    (workdir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codi_jax.experiments.shapes_tones", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu")
+    parser.add_argument("--workdir", required=True, help="all stage workdirs, the evaluation and logs go here")
+    parser.add_argument("--num-examples", type=int, help="examples per evaluation cell (default: the variant's)")
+    parser.add_argument("--no-wiring-ablation", action="store_true",
+                        help="skip latent_align_own and the wiring ablation")
+    args = parser.parse_args(argv)
+    variant = VARIANTS[args.variant]
+    if args.num_examples is not None:
+        if args.num_examples < 1:
+            parser.error(f"--num-examples must be positive, got {args.num_examples}")
+        variant = dataclasses.replace(variant, num_examples=args.num_examples)
+    ablation = not args.no_wiring_ablation
+    workdir = pathlib.Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = "python -m codi_jax.experiments.shapes_tones " + " ".join(argv if argv is not None else sys.argv[1:])
+    timings_path = workdir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    started = time.perf_counter()
+    try:
+        rows = train(plan(workdir, variant, ablation), variant, workdir, timings)
+    except ValueError as err:
+        print(f"shapes_tones: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"shapes_tones: {err}", file=sys.stderr)
+        return 1
+
+    from codi_jax.eval import shapes_tones_eval as ste
+    from codi_jax.sample import load_config
+
+    eval_start = time.perf_counter()
+    specs = sample_configs(workdir, variant, ablation)
+    outcome = ste.evaluate(specs, workdir / "eval", eval_settings(variant, ablation), trained_pairs(variant))
+    # Summed over invocations, so an interrupted and resumed evaluation reports all the time it took.
+    timings["evaluation"] = timings.get("evaluation", 0.0) + time.perf_counter() - eval_start
+    _save_timings(workdir, timings)
+    _log(f"evaluation: {variant.num_examples} examples x {len(outcome['cells'])} cells, "
+         f"{_format_seconds(timings['evaluation'])}")
+    guidance = load_config(specs[ste.MAIN]).defaults.guidance
+    rows.append({"name": "evaluation", "config": f"eval/sample_{ste.MAIN}.json (configs/sample.py:{variant.sample} "
+                 "with the stages' networks)", "steps": f"{variant.sampler}, {variant.steps} steps",
+                 "wall_time": _format_seconds(timings["evaluation"])})
+
+    report_dir = REPO_ROOT / "docs" if variant.report_in_docs else workdir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    grid_name = "results_grid.png"
+    shutil.copyfile(outcome["grid"], report_dir / grid_name)
+    seeds = sorted({int(load_stage_config(p.config_name, variant.train).seed) for p in plan(workdir, variant, ablation)})
+    info = {
+        "title": f"Shapes & Tones end to end ({args.variant})",
+        "run": {"command": f"`{command}`",
+                "variant": f"stages `configs/<stage>.py:{variant.train}`, sampling `configs/sample.py:{variant.sample}`",
+                "wall time": f"{_format_seconds(sum(timings.values()))} in all (this invocation: "
+                             f"{_format_seconds(time.perf_counter() - started)})",
+                "seed": f"training: config seed {', '.join(map(str, seeds))}; generation: seed "
+                        f"{ste.EvalSettings.seed} + example index (a joint request and its independent twin share it)",
+                "generation": f"{variant.sampler}, {variant.steps} steps, guidance {guidance}",
+                "versions": versions(), "code": _git_commit(), "machine": machine(),
+                "workdir": f"`{workdir}` (stage logs in logs/, generations in eval/outputs_*/)"},
+        "stages": rows,
+    }
+    report = report_dir / "results.md"
+    report.write_text(ste.render_markdown(outcome["results"], info, grid_name))
+    _log(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

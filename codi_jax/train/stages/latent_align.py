@@ -1,0 +1,127 @@
+"""`latent_align`: CoDi stage 2, the environment encoders V and the joint cross-attention.
+
+The diffusion UNets are frozen (only `config.model.trainable` trains; default: the "env" and
+"joint" groups of every UNet the objectives use). Each objective is a pair of modalities A_B
+("text_image", "text_audio", "audio_video": the paper's chain) drawn from its data objective. On
+a batch of pair (A, B) the frozen autoencoders give x0_A, x0_B; one timestep t and fresh noise
+give z_t^A, z_t^B; the CoDi model runs both UNets jointly with their connectors reading the
+environment encodings (`model.wiring`: "others" = the paper, A attends to V_B(z_t^B); "own" =
+the released code), and the loss is L_A + L_B (each the eps-MSE of its modality, as CoDi's
+p_losses computes it, times the number of modalities). Optionally (`model.contrastive_weight`)
+the paper's contrastive term aligns V_A(z_t^A) with V_B(z_t^B) over the global batch.
+
+The prompt context is the null condition (CLIP of "") unless `model.conditions` names condition
+modalities present in the batch; those are then used with `model.cond_dropout` as in the ldm stage.
+To follow the paper's order, run the chain as successive runs with model.trainable restricted to
+the new modality's groups (e.g. text_audio with ("unet_audio:env", "unet_audio:joint")).
+Pretrained parts (config.init_from): autoencoders, bridging_align, image_ldm / video_ldm
+(unet_image; video_ldm wins), audio_ldm, text_ldm.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from codi_jax.data import pipeline, tokenizers
+from codi_jax.diffusion.loss import diffusion_loss, draw_t_and_noise
+from codi_jax.diffusion.schedule import make_schedule, q_sample
+from codi_jax.models import codi
+from codi_jax.train.errors import ConfigError
+from codi_jax.train.stages.base import Pretrained, Stage, require_choice
+from codi_jax.train.stages.bridging_align import parse_pair
+from codi_jax.train.stages.components import (LATENT_CODER_OF, LATENT_KEY, PROMPT_ENCODER_OF, PROMPT_KEY, UNET_OF,
+                                              LatentCoders, Networks, PromptEncoders, trainable_predicate)
+from codi_jax.train.stages.contrastive import INIT_LOGIT_SCALE, info_nce
+from codi_jax.train.stages.ldm import Conditioning, check_conditions
+
+
+class LatentAlignStage(Stage):
+    def __init__(self, config, mesh):
+        super().__init__(config, mesh)
+        m = config.model
+        self.pairs = {name: parse_pair(name) for name in m.objectives}
+        if not self.pairs:
+            raise ConfigError("config.model.objectives is empty; expected pairs such as ('text_image',)")
+        for name in self.pairs:
+            if name not in config.data.objectives:
+                raise ConfigError(f"objective {name!r} has no data objective of that name in config.data.objectives")
+        self.wiring = require_choice(m.wiring, codi.WIRINGS, "wiring")
+        self.conditions = check_conditions(m.conditions, "latent_align")
+        modalities = {x for pair in self.pairs.values() for x in pair}
+        self.unets = sorted({UNET_OF[x] for x in modalities})
+        coders = sorted({LATENT_CODER_OF[x] for x in modalities})
+        encoders = sorted({"clip"} | {PROMPT_ENCODER_OF[x] for x in self.conditions})
+        self.networks = Networks(m, self.unets + coders + encoders, dtype=jnp.dtype(config.dtype),
+                                 remat_policy=config.remat_policy)
+        self.codi = codi.build({name: self.networks[name] for name in self.unets})
+        specs = config.data.preprocess.text.tokenizers
+        if "clip" not in specs:
+            raise ConfigError("latent_align needs data.preprocess.text.tokenizers.clip (the null condition is CLIP(''))")
+        if "text" in modalities and "bert" not in specs:
+            raise ConfigError("text objectives need data.preprocess.text.tokenizers.bert (Optimus' encoder)")
+        self.prompts = PromptEncoders(self.networks, tokenizers.build_tokenizer("clip", specs.clip.path),
+                                      specs.clip.max_length)
+        self.conditioning = Conditioning(self.prompts, self.conditions, m.cond_dropout) if self.conditions else None
+        self.coders = LatentCoders(self.networks, m.audio_frames)
+        self.schedule = make_schedule()
+        self._trainable = trainable_predicate(
+            m.trainable or [f"{u}:{g}" for u in self.unets for g in ("env", "joint")])
+
+    def init(self, rng):
+        return self.networks.init(rng)
+
+    def is_trainable(self, path: str) -> bool:
+        return self._trainable(path)
+
+    def dataset(self, *, global_batch_size, process_index, process_count, seed):
+        return pipeline.make_dataset(self.config.data, global_batch_size=global_batch_size,
+                                     process_index=process_index, process_count=process_count, seed=seed)
+
+    def pretrained(self):
+        src, have = self.config.init_from, set(self.networks.modules)
+        out = []
+        if src.get("autoencoders"):
+            out += [Pretrained(src.autoencoders, n, n) for n in ("image_vae", "audio_vae", "optimus") if n in have]
+        if src.get("bridging_align"):
+            out += [Pretrained(src.bridging_align, n, n) for n in ("clip", "clap") if n in have]
+        image_unet = src.get("video_ldm") or src.get("image_ldm")
+        for workdir, unet in ((image_unet, "unet_image"), (src.get("audio_ldm"), "unet_audio"),
+                              (src.get("text_ldm"), "unet_text")):
+            if workdir and unet in have:
+                out.append(Pretrained(workdir, unet, unet))
+        return out
+
+    def _eps(self, params, xt, t, context):
+        variables = {"params": {u: params[u]["params"] for u in self.unets}}
+        return self.codi.apply(variables, xt, t, context, wiring=self.wiring)
+
+    def _context(self, params, batch, rng, b):
+        if self.conditioning is not None and all(PROMPT_KEY[x] in batch for x in self.conditions):
+            return self.conditioning(params, batch, rng)
+        null = self.prompts.unconditional(params, "text", batch, rng)
+        return jnp.broadcast_to(jax.lax.stop_gradient(null), (b,) + null.shape[1:])
+
+    def loss(self, params, batch, rng, step):
+        m = self.config.model
+        present = {n: p for n, p in self.pairs.items() if all(LATENT_KEY[x] in batch for x in p)}
+        if len(present) != 1:
+            raise ConfigError(f"a batch must carry exactly one objective's pair; found {sorted(present)} in "
+                              f"a batch with keys {sorted(batch)}")
+        (name, pair), = present.items()
+        k_lat, k_ctx, k_diff = jax.random.split(rng, 3)
+        x0 = {x: jax.lax.stop_gradient(self.coders.encode(params, x, batch, k))
+              for x, k in zip(pair, jax.random.split(k_lat, len(pair)))}
+        b = next(iter(x0.values())).shape[0]
+        context = self._context(params, batch, k_ctx, b)
+        mean_loss, aux = diffusion_loss(self._eps, params, x0, k_diff, self.schedule, context=context)
+        loss = len(pair) * mean_loss  # L_A + L_B
+        metrics = {f"{name}/loss": loss}
+        metrics.update({f"{name}/eps_mse_{x}": v for x, v in aux["per_modality"].items()})
+        if m.contrastive_weight > 0:
+            t, noise = draw_t_and_noise(k_diff, x0, self.schedule.num_timesteps)  # the t and noise used above
+            xt = q_sample(self.schedule, x0, t, noise)
+            a, b_ = (self.networks.apply(params, UNET_OF[x], xt[x], t, method="env_encode") for x in pair)
+            contrastive, accuracy = info_nce(a, b_, jnp.asarray(INIT_LOGIT_SCALE), self.mesh)
+            loss = loss + m.contrastive_weight * contrastive
+            metrics.update({f"{name}/env_contrastive": contrastive, f"{name}/env_accuracy": accuracy})
+        return loss, metrics

@@ -1,0 +1,81 @@
+"""Stage 1 (autoencoders): image KL-VAE, audio mel VAE, HiFi-GAN vocoder, Optimus text VAE.
+
+    python -m codi_jax.train --config configs/autoencoders.py:cpu --workdir workdirs/autoencoders
+
+Trains every component in model.components on each batch of one Shapes & Tones objective that
+carries image, audio and text; WORKDIR/checkpoints then hold `image_vae`, `audio_vae`, `vocoder`
+and `optimus`, which the ldm stages read through `config.init_from.autoencoders = WORKDIR`.
+TensorBoard shows per-component losses (l1, kl, mel_l1, stft, ce_per_token) and image / audio
+reconstructions. Train a single component with e.g. `--config.model.components=image_vae`.
+
+Variants:
+  tiny  tests / CI: tiny networks, 16 px images, 0.256 s audio, 30 steps (the summed loss falls).
+  cpu   the Shapes & Tones run: tiny networks at 64 px and 1.024 s audio, 3000 steps.
+  full  the released sizes (SD kl-f8, AudioLDM VAE, HiFi-GAN 16k, Optimus BERT/GPT-2) on prepared
+        records (set data.objectives.image_audio_text.path and real tokenizer paths). The originals trained
+        with adversarial losses, which codi_jax does not implement: this variant keeps
+        losses.adversarial=True and therefore stops at start-up with that message; run it with
+        --config.losses.adversarial=False to train GAN-free.
+"""
+import ml_collections
+
+from codi_jax.train.defaults import base_config, component, shapes_tones_data
+
+COMPONENTS = ("image_vae", "audio_vae", "vocoder", "optimus")
+
+
+def _losses(audio_frames: int, adversarial: bool) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "kl_weight": 1e-6,                # LDM's KL weight for the VAEs
+        "kl_warmup_steps": 100,           # linear warm-up of the VAE KL weight and the Optimus beta
+        "audio_frames": audio_frames,     # mel frames of the audio VAE's fbank (a multiple of its downsampling)
+        "mel_weight": 45.0,               # HiFi-GAN's mel L1 weight
+        "stft_resolutions": ((512, 128), (1024, 256), (256, 64)),
+        "optimus_beta": 1.0,
+        "optimus_free_bits": 0.05,        # Optimus' dimension-wise KL threshold (lambda)
+        "adversarial": adversarial,
+    })
+
+
+def get_config(variant: str = "tiny"):
+    c = base_config("autoencoders", "./workdirs/autoencoders")
+    c.model.components = COMPONENTS
+    tiny_optimus = component("tiny", decoder={"vocab_size": 30})  # the Shapes & Tones GPT-2 vocabulary
+    if variant in ("tiny", "cpu"):
+        c.model.image_vae = component("tiny")
+        c.model.audio_vae = component("audio_tiny")
+        c.model.vocoder = component("tiny")
+        c.model.optimus = tiny_optimus
+    if variant == "tiny":
+        c.data = shapes_tones_data(["image_audio_text"], resolution=16, audio_samples=4096,
+                                   text_lengths={"bert": 16, "gpt2": 16})
+        c.losses = _losses(audio_frames=24, adversarial=False)
+        c.losses.kl_warmup_steps = 10
+        c.total_steps, c.batch_size = 30, 8
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 30
+        c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
+        c.ema_decay = 0.0
+    elif variant == "cpu":
+        c.data = shapes_tones_data(["image_audio_text"], resolution=64, audio_samples=16384,
+                                   text_lengths={"bert": 16, "gpt2": 16})
+        c.losses = _losses(audio_frames=100, adversarial=False)
+        c.total_steps, c.batch_size = 3000, 32
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 500, 500
+        c.optim.learning_rate, c.optim.warmup_steps = 5e-4, 100
+    elif variant == "full":
+        c.model.image_vae = component("full")
+        c.model.audio_vae = component("audio_full")
+        c.model.vocoder = component("full")
+        c.model.optimus = component("full")
+        c.data = shapes_tones_data(["image_audio_text"], resolution=256, audio_samples=163840,
+                                   text_lengths={"bert": 64, "gpt2": 64})
+        records = c.data.objectives.image_audio_text
+        records.dataset, records.path = "records", ""   # a prepared records directory (data_pipelines/)
+        c.losses = _losses(audio_frames=1024, adversarial=True)
+        c.total_steps, c.batch_size = 500_000, 256
+        c.optim.learning_rate, c.optim.warmup_steps = 4.5e-6 * 256, 5000
+        c.dtype = "bfloat16"
+        c.mesh.data, c.mesh.fsdp = -1, 1
+    else:
+        raise ValueError(f"unknown variant {variant!r} of configs/autoencoders.py; expected tiny, cpu or full")
+    return c

@@ -1,0 +1,75 @@
+"""Stage 2 (latent_align): environment encoders + joint cross-attention, the UNets frozen.
+
+    python -m codi_jax.train --config configs/latent_align.py
+
+With no variant this runs `tiny` into ./workdirs/latent_align: tiny UNets, autoencoders and CLIP
+(random init, as no init_from paths are set), objectives text_image and text_audio mixed 1:1 on
+on-the-fly Shapes & Tones, 30 steps, wiring "others" (each UNet's connectors read the other
+modality's environment encoding). It logs per-pair L_A + L_B and per-modality eps-MSE (falling)
+and checkpoints the UNets. Random UNets end in a zero-initialised output conv, which passes no
+gradient to V or the connectors, so this smoke variant also trains the UNets' base groups; every
+variant that reads trained ldm workdirs trains only env + joint, as the paper does.
+
+    python -m codi_jax.train --config configs/latent_align.py:cpu --workdir workdirs/latent_align \
+        --config.init_from.autoencoders=workdirs/autoencoders \
+        --config.init_from.bridging_align=workdirs/bridging_align \
+        --config.init_from.image_ldm=workdirs/image_ldm --config.init_from.video_ldm=workdirs/video_ldm \
+        --config.init_from.audio_ldm=workdirs/audio_ldm --config.init_from.text_ldm=workdirs/text_ldm
+
+Variants:
+  tiny  (default) tests / CI, as above.
+  cpu   the Shapes & Tones run: the paper's three objectives text_image, text_audio, audio_video
+        mixed, 64 px, 8 frames, 1.024 s audio, 5000 steps, reading the earlier stages' workdirs.
+  full  released sizes (the three CoDi UNets, SD VAE, AudioLDM VAE, Optimus, CLIP) on prepared
+        records; bf16 compute, full remat. benchmarks/bench_train.py compiles its text_image step.
+Set model.contrastive_weight > 0 for the paper's contrastive term between environment encoders;
+model.wiring = "own" reproduces the released code's wiring. To follow the paper's order, train
+text_image first, then text_audio with model.trainable = ("unet_audio:env", "unet_audio:joint"),
+then audio_video with ("unet_image:env", "unet_image:joint").
+"""
+from codi_jax.train.defaults import base_config, model_components, shapes_tones_data
+
+NETWORKS = ("unet_image", "unet_audio", "unet_text", "image_vae", "audio_vae", "optimus", "clip")
+
+
+def get_config(variant: str = "tiny"):
+    c = base_config("latent_align", "./workdirs/latent_align")
+    c.model = model_components(NETWORKS, "full" if variant == "full" else "tiny")
+    c.model.wiring = "others"
+    c.model.conditions, c.model.cond_dropout = (), 0.1
+    c.model.trainable = ()  # empty: the env and joint groups of every UNet the objectives use
+    c.model.contrastive_weight = 0.0
+    for stage in ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm", "text_ldm"):
+        c.init_from[stage] = ""
+    lengths = {"clip": 16, "bert": 16}
+    if variant == "tiny":
+        c.model.trainable = tuple(f"{u}:{g}" for u in ("unet_image", "unet_audio", "unet_text")
+                                  for g in ("base", "env", "joint"))
+        c.model.objectives = ("text_image", "text_audio")
+        c.model.audio_frames = 24
+        c.data = shapes_tones_data(c.model.objectives, resolution=16, audio_samples=4096, text_lengths=lengths)
+        c.total_steps, c.batch_size = 30, 8
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 1000
+        c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
+        c.ema_decay = 0.0
+    elif variant == "cpu":
+        c.model.objectives = ("text_image", "text_audio", "audio_video")
+        c.model.audio_frames = 100
+        c.data = shapes_tones_data(c.model.objectives, resolution=64, num_frames=8, audio_samples=16384,
+                                   text_lengths=lengths)
+        c.total_steps, c.batch_size = 5000, 32
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 1000, 1000
+        c.optim.learning_rate, c.optim.warmup_steps = 3e-4, 200
+    elif variant == "full":
+        c.model.objectives = ("text_image", "text_audio", "audio_video")
+        c.model.audio_frames = 1024
+        c.data = shapes_tones_data(c.model.objectives, resolution=256, num_frames=8, audio_samples=163840,
+                                   text_lengths={"clip": 77, "bert": 64})
+        for objective in c.data.objectives.values():
+            objective.dataset = "records"  # set data.objectives.<pair>.path to prepared records
+        c.total_steps, c.batch_size = 100_000, 256
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 2000
+        c.dtype, c.remat_policy = "bfloat16", "full"
+    else:
+        raise ValueError(f"unknown variant {variant!r} of configs/latent_align.py; expected tiny, cpu or full")
+    return c

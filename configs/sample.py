@@ -1,0 +1,104 @@
+"""Any-to-any sampling: network sizes, latent shapes, output durations, and where every component's weights
+come from. Read by `python -m codi_jax.sample` and `codi_jax.pipeline.CoDiPipeline.from_config`.
+
+Smoke run (random weights, tiny networks; about a minute of compiling on a CPU, then image.png, audio.wav
+and request.json in /tmp/codi_tiny):
+  python -m codi_jax.sample --config configs/sample.py:tiny --random-init \
+      --text "a red circle moving left" --outputs image,audio --out /tmp/codi_tiny
+
+Variants:
+  tiny  tiny networks (tests, smoke runs, timing): image 32x32 (latent [16, 16, 4]; the tiny VAE
+        downsamples by 2), video 4 frames of 32x32 (latent [4, 16, 16, 4]), audio 0.32 s at 16 kHz
+        (latent [16, 32, 8] -> mel [32, 64] -> 5,120 samples), text latent [16].
+  cpu   the Shapes & Tones run of the configs/<stage>.py:cpu training stages (the same tiny networks),
+        read from their workdirs: image 64x64 (latent [32, 32, 4]), video 8 frames of 64x64 at 7.8125 fps
+        (Shapes & Tones: frame k spans audio samples [2048k, 2048(k+1))), audio 1.0 s (latent
+        [50, 32, 8] -> the 100 mel frames latent_align trains on), text latent [16].
+  full  the released CoDi: image 512x512 (latent [64, 64, 4]), video 8 frames of 256x256 (latent
+        [8, 32, 32, 4]), audio 10.24 s (latent [256, 16, 8] -> mel [1024, 64] -> 163,840 samples), text
+        latent [768]; weights converted from the released checkpoints, tokenizers from local folders.
+
+`models.<component>` is {"variant": a preset of the network's module CONFIGS, "overrides": constructor
+kwargs}: the training configs' presets (codi_jax.train.defaults.model_components, whose tiny widths fit
+together), so the networks match the checkpoints the stages write. `components.<component>` says where
+the weights come from:
+  "random"                  drawn on the host from `init_seed` (codi_jax.pipeline.random_variables);
+  "workdir:<DIR>[#<path>]"  the latest checkpoint of a training workdir (DIR, or DIR/checkpoints/<step>
+                            for that latest step): the variables under <path> (default: the component's
+                            name in the training stages) of the run's parameter tree, EMA where kept;
+  "released:<file>"         a released .pth / .safetensors through codi_jax.convert's converters (keys
+                            with or without the full-model prefix).
+`wiring` / `aliased_skip` "auto": the released code's joint wiring ("own" context, aliased first skip)
+when any UNet comes from released weights, the paper's ("others", standard skip) otherwise.
+Latents are channels-last and are checked against the networks when the pipeline is built, as is
+`audio_seconds` against the audio latent's decoded length.
+"""
+from ml_collections import ConfigDict
+
+from codi_jax.train.defaults import model_components
+
+COMPONENTS = ("clip", "clap", "optimus", "autokl", "audio_vae", "vocoder", "unet_image", "unet_text", "unet_audio")
+# The training stages call the image VAE image_vae.
+TRAINING_NAME = {**{name: name for name in COMPONENTS}, "autokl": "image_vae"}
+# Where the Shapes & Tones CPU run keeps each component (the stage that trains it last).
+CPU_STAGE = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
+             "autokl": "autoencoders", "audio_vae": "autoencoders", "vocoder": "autoencoders",
+             "unet_image": "latent_align", "unet_text": "latent_align", "unet_audio": "latent_align"}
+
+
+def _models(size: str) -> ConfigDict:
+    presets = model_components(tuple(TRAINING_NAME.values()), size)
+    return ConfigDict({name: presets[TRAINING_NAME[name]] for name in COMPONENTS})
+
+
+def get_config(variant: str = "tiny") -> ConfigDict:
+    c = ConfigDict()
+    c.variant = variant
+    c.models = _models("full" if variant == "full" else "tiny")
+    c.components = ConfigDict({name: "random" for name in COMPONENTS})
+    c.init_seed = 0
+    # Local tokenizer folders, or "" for the Shapes & Tones vocabularies of codi_jax.data.tokenizers.
+    c.tokenizers = ConfigDict(dict(clip="", gpt2=""))
+    # Frames a conditioning video is sampled down to (uniformly over the clip) for the video CLIP.
+    c.condition_frames = 4
+    # Optimus decoding: "sample" is the original's plain multinomial sampling, "greedy" is deterministic.
+    c.text_decoding = "sample"
+    c.text_max_tokens = 30
+    c.wiring = "auto"
+    c.aliased_skip = "auto"
+    c.compute_dtype = "float32"
+    # Requests per compiled sampling call; shorter batches are padded, so each signature compiles once.
+    c.batch_size = 4
+    c.defaults = ConfigDict(dict(sampler="ddim", steps=50, guidance=7.5, seed=0))
+    # Persistent XLA compilation cache ("" turns it off); the CLI's --compilation-cache overrides it.
+    c.compilation_cache_dir = "~/.cache/codi_jax/xla"
+    if variant == "tiny":
+        c.latents = ConfigDict(dict(image=(16, 16, 4), video=(4, 16, 16, 4), audio=(16, 32, 8), text=(16,)))
+        c.audio_seconds = 0.32
+        c.video_fps = 8.0
+        c.defaults.steps = 2
+    elif variant == "cpu":
+        c.components = ConfigDict({name: f"workdir:workdirs/{CPU_STAGE[name]}" for name in COMPONENTS})
+        c.condition_frames = 8
+        c.latents = ConfigDict(dict(image=(32, 32, 4), video=(8, 32, 32, 4), audio=(50, 32, 8), text=(16,)))
+        c.audio_seconds = 1.0
+        c.video_fps = 7.8125
+        c.batch_size = 8
+    elif variant == "full":
+        encoders = "released:checkpoints/CoDi_encoders.pth"
+        c.components = ConfigDict(dict(
+            clip=encoders, clap=encoders, optimus=encoders, autokl=encoders, audio_vae=encoders, vocoder=encoders,
+            unet_image="released:checkpoints/CoDi_video_diffuser_8frames.pth",
+            unet_text="released:checkpoints/CoDi_text_diffuser.pth",
+            unet_audio="released:checkpoints/CoDi_audio_diffuser_m.pth"))
+        c.tokenizers = ConfigDict(dict(clip="tokenizers/clip-vit-large-patch14", gpt2="tokenizers/optimus-gpt2"))
+        # The original's video loader feeds 4 frames to the video CLIP.
+        c.condition_frames = 4
+        c.latents = ConfigDict(dict(image=(64, 64, 4), video=(8, 32, 32, 4), audio=(256, 16, 8), text=(768,)))
+        c.audio_seconds = 10.24
+        c.video_fps = 8.0
+        c.compute_dtype = "bfloat16"
+        c.batch_size = 1
+    else:
+        raise ValueError(f"unknown sample config variant {variant!r}; expected tiny, cpu or full")
+    return c

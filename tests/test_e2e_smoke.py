@@ -1,0 +1,110 @@
+"""The end-to-end Shapes & Tones experiment: its stage plan and hand-offs, the sampling config it derives from
+the training configs, resumption, and (slow) the smoke variant from its documented command."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from codi_jax.eval import shapes_tones_eval as ste
+from codi_jax.experiments import shapes_tones as experiment
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = experiment.VARIANTS["smoke"]
+
+
+def test_plan_hands_every_stage_its_earlier_workdirs(tmp_path):
+    plans = experiment.plan(tmp_path, SMOKE)
+    assert [p.name for p in plans] == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
+    by_name = {p.name: p for p in plans}
+    for p in plans:
+        assert p.workdir == tmp_path / p.name
+        assert p.overrides["total_steps"] == 2
+        for key, value in p.overrides.items():
+            if key.startswith("init_from."):
+                source = key.split(".", 1)[1]
+                assert value == str(tmp_path / source)
+                assert experiment.STAGES.index(source) < experiment.STAGES.index(p.config_name)
+    assert "init_from.image_ldm" in by_name["video_ldm"].overrides
+    handed = {k.split(".", 1)[1] for k in by_name["latent_align"].overrides if k.startswith("init_from.")}
+    assert handed == set(experiment.STAGES[:-1])
+    own = by_name[experiment.ABLATION_STAGE]
+    assert own.config_name == "latent_align" and own.overrides["model.wiring"] == "own"
+    assert {k: v for k, v in own.overrides.items() if k != "model.wiring"} == by_name["latent_align"].overrides
+    assert "model.wiring" not in by_name["latent_align"].overrides
+    assert experiment.ABLATION_STAGE not in [p.name for p in experiment.plan(tmp_path, SMOKE, wiring_ablation=False)]
+
+
+def test_finished_step_ignores_unfinished_saves(tmp_path):
+    assert experiment.finished_step(tmp_path) is None
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1234").mkdir()
+    assert experiment.finished_step(tmp_path) == 4
+
+
+def test_sampling_config_is_the_trained_networks(tmp_path):
+    """Networks, latents and durations of the sampling config follow the stage configs, so the pipeline
+    loads the stages' checkpoints and generates at the sizes the LDMs trained on."""
+    from codi_jax import pipeline
+    from codi_jax.sample import load_config
+
+    for variant in ("smoke", "cpu"):
+        v = experiment.VARIANTS[variant]
+        specs = experiment.sample_configs(tmp_path / variant, v, wiring_ablation=True)
+        assert set(specs) == {ste.MAIN, ste.OWN}
+        main, own = load_config(specs[ste.MAIN]), load_config(specs[ste.OWN])
+        assert (main.wiring, own.wiring) == ("others", "own")
+        assert main.components.unet_image == f"workdir:{tmp_path / variant / 'latent_align'}"
+        assert own.components.unet_audio == f"workdir:{tmp_path / variant / experiment.ABLATION_STAGE}"
+        assert main.components.clap == own.components.clap == f"workdir:{tmp_path / variant / 'bridging_align'}"
+        image_ldm = experiment.load_stage_config("image_ldm", v.train)
+        assert main.models.unet_image.to_dict() == image_ldm.model.unet_image.to_dict()
+        nets = pipeline.build_networks(main)
+        factor = 2 ** (len(nets.autokl.ch_mult) - 1)
+        assert main.latents.image[0] * factor == image_ldm.data.preprocess.image.size
+        assert main.latents.text == (nets.optimus.decoder.latent_size,)
+        audio_frames = experiment.load_stage_config("audio_ldm", v.train).model.audio_frames
+        assert round(main.audio_seconds * 16000) == audio_frames * 160
+
+
+def _environment():
+    # The documented command runs on the host's devices, not on the tests' 8 simulated ones.
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
+    return env
+
+
+@pytest.mark.slow
+def test_smoke_variant_end_to_end(tmp_path):
+    """Every stage (2 steps each), the evaluation of every cell on 2 examples, the report under the workdir;
+    a second invocation skips every stage and every generation."""
+    workdir = tmp_path / "run"
+    docs = REPO / "docs" / "results.md"
+    docs_before = docs.stat().st_mtime_ns if docs.exists() else None
+    command = [sys.executable, "-m", "codi_jax.experiments.shapes_tones", "--variant", "smoke", "--workdir",
+               str(workdir)]
+    first = subprocess.run(command, cwd=REPO, env=_environment(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-4000:]
+    for stage in experiment.STAGES + (experiment.ABLATION_STAGE,):
+        assert f"stage {stage}: 2 steps in" in first.stdout
+        assert experiment.finished_step(workdir / stage) == 2
+    report = (workdir / "report" / "results.md").read_text()
+    for heading in ("## Single input -> single output", "## Multi-condition", "## Joint generation",
+                    "## Context-wiring ablation", "## Unseen combinations", "![samples](results_grid.png)"):
+        assert heading in report
+    assert (workdir / "report" / "results_grid.png").stat().st_size > 0
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    cells = ste.make_cells(experiment.trained_pairs(SMOKE))
+    assert [r["key"] for r in results] == [c.key for c in cells]
+    assert all(r["n"] == SMOKE.num_examples for r in results)
+    for name in (ste.MAIN, ste.OWN):
+        records = [json.loads(line) for line in (workdir / "eval" / f"requests_{name}.jsonl").read_text().splitlines()]
+        assert ste.pending(records, workdir / "eval" / f"outputs_{name}") == []
+    assert (docs.stat().st_mtime_ns if docs.exists() else None) == docs_before
+
+    second = subprocess.run(command, cwd=REPO, env=_environment(), capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.stdout.count("exists, skipped") == len(experiment.STAGES) + 1
+    assert json.loads((workdir / "eval" / "results.json").read_text()) == results

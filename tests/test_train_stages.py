@@ -1,0 +1,102 @@
+"""Stage objectives on their tiny configs (8 simulated devices): autoencoders, bridging_align, audio/text ldm.
+
+Each run is the documented `python -m codi_jax.train --config configs/<stage>.py:tiny` in-process
+(the same Trainer the CLI builds). "The loss falls" compares the mean training loss of the first
+report interval (steps 1-10) with the last (steps 21-30), by the margin each test states. The
+frozen / trainable split is checked leaf by leaf against the initial state.
+"""
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from codi_jax.train import freeze, loop
+from codi_jax.train.defaults import load_config_file
+from codi_jax.train.stages.components import param_group
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load(name, **overrides):
+    config = load_config_file(str(REPO / "configs" / f"{name}.py") + ":tiny")
+    config.tensorboard = False
+    for key, value in overrides.items():
+        target = config
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return config
+
+
+def run(config, workdir):
+    """(initial params on host, final state, loss history) of one run."""
+    trainer = loop.Trainer(config, str(workdir))
+    initial = jax.device_get(trainer.restore_or_init())
+    initial = freeze.flatten(freeze.merge(initial.params, initial.frozen))
+    final = trainer.run()
+    losses = [scalars["loss"] for _, scalars in trainer.history]
+    return trainer, initial, final, losses
+
+
+def changed_groups(initial, final_state):
+    """{group: (changed leaves, total leaves)} comparing initial and final parameters bit for bit."""
+    final = freeze.flatten(jax.device_get(final_state.full_params()))
+    groups = {}
+    for path, before in initial.items():
+        group = param_group(path)
+        changed, total = groups.get(group, (0, 0))
+        groups[group] = (changed + int(not np.array_equal(before, final[path])), total + 1)
+    return groups
+
+
+def assert_only_trainable_changed(trainer, initial, final_state):
+    final = freeze.flatten(jax.device_get(final_state.full_params()))
+    for path, before in initial.items():
+        if trainer.stage.is_trainable(path):
+            continue
+        np.testing.assert_array_equal(before, final[path], err_msg=f"frozen {path} changed")
+
+
+@pytest.mark.slow  # about 220 s on a loaded 2-core machine: four networks compile
+def test_autoencoders_tiny(tmp_path):
+    trainer, initial, final, losses = run(load("autoencoders"), tmp_path)
+    # Summed reconstruction losses of four random networks: the vocoder's mel / STFT terms dominate
+    # (about 250 at first); after 30 steps the last interval is well under two thirds of the first.
+    assert losses[-1] < 0.67 * losses[0], losses
+    groups = changed_groups(initial, final)
+    assert set(groups) == {"image_vae:all", "audio_vae:all", "vocoder:all", "optimus:all"}
+    assert not freeze.flatten(final.frozen)  # every component trains here
+    # Almost every leaf moves (a few, e.g. embeddings of tokens that never occur, may not).
+    for group, (changed, total) in groups.items():
+        assert changed >= 0.9 * total, (group, changed, total)
+
+
+@pytest.mark.slow  # about 180 s: CLIP video + CLAP compile
+def test_bridging_align_paper_setting(tmp_path):
+    # The paper: CLIP text and image towers frozen; CLAP, CLIP's temporal layers and the temperatures train.
+    config = load("bridging_align", **{"model.pairs": ("text_audio", "text_video"),
+                                       "model.trainable": ("clap:*", "clip:temporal", "bridge:*"),
+                                       "data.preprocess.video.num_frames": 2})
+    trainer, initial, final, losses = run(config, tmp_path)
+    # Two InfoNCE terms of batch 16 start near 2 * ln 16 / 2 = 2.77; 30 steps take off at least 3 %.
+    assert losses[-1] < 0.97 * losses[0], losses
+    assert_only_trainable_changed(trainer, initial, final)
+    groups = changed_groups(initial, final)
+    assert groups["clip:text"][0] == 0 and groups["clip:vision"][0] == 0
+    assert groups["clap:all"][0] > 0 and groups["clip:temporal"][0] > 0 and groups["bridge:all"][0] == 2
+
+
+@pytest.mark.parametrize("name", [pytest.param("audio_ldm", marks=pytest.mark.slow), "text_ldm"])
+def test_ldm_tiny(tmp_path, name):
+    trainer, initial, final, losses = run(load(name), tmp_path)
+    # eps-MSE starts near 1 (the zero-initialised output predicts 0); 30 steps take off at least 15 %.
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert_only_trainable_changed(trainer, initial, final)
+    unet = "unet_audio" if name == "audio_ldm" else "unet_text"
+    groups = changed_groups(initial, final)
+    assert groups[f"{unet}:base"][0] > 0
+    for group, (changed, _) in groups.items():
+        if group != f"{unet}:base":
+            assert changed == 0, group
