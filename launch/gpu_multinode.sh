@@ -5,6 +5,8 @@
 # Under SLURM, COORDINATOR/NUM_PROCESSES/PROCESS_ID may be left unset: jax.distributed reads SLURM's variables.
 set -euo pipefail
 : "${WORKDIR:?set WORKDIR}"
-export CODI_DISTRIBUTED=1
-export CODI_COORDINATOR=${COORDINATOR:-} CODI_NUM_PROCESSES=${NUM_PROCESSES:-} CODI_PROCESS_ID=${PROCESS_ID:-}
-exec python -m codi_jax.train "$@" --workdir "$WORKDIR"
+args=(--config.distributed.initialize=True)
+[[ -n "${COORDINATOR:-}" ]] && args+=(--config.distributed.coordinator_address="$COORDINATOR")
+[[ -n "${NUM_PROCESSES:-}" ]] && args+=(--config.distributed.num_processes="$NUM_PROCESSES")
+[[ -n "${PROCESS_ID:-}" ]] && args+=(--config.distributed.process_id="$PROCESS_ID")
+exec python -m codi_jax.train "$@" "${args[@]}" --workdir "$WORKDIR"

@@ -9,7 +9,7 @@ set -euo pipefail
 ARGS=$(printf '%q ' "$@")
 gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all --command "
   cd codi_jax && . ~/venv/bin/activate &&
-  CODI_DISTRIBUTED=1 nohup python -m codi_jax.train $ARGS --workdir '$WORKDIR' > ~/train.log 2>&1 &
+  nohup python -m codi_jax.train $ARGS --config.distributed.initialize=True --workdir '$WORKDIR' > ~/train.log 2>&1 &
   echo started on \$(hostname)
 "
 echo "logs: gcloud compute tpus tpu-vm ssh $NAME --zone $ZONE --worker=0 --command 'tail -f ~/train.log'"
