@@ -317,7 +317,10 @@ def main(argv=None) -> int:
                              f"{_format_seconds(time.perf_counter() - started)})",
                 "seed": f"training: config seed {', '.join(map(str, seeds))}; generation: seed "
                         f"{ste.EvalSettings.seed} + example index (a joint request and its independent twin share it)",
-                "generation": f"{variant.sampler}, {variant.steps} steps, guidance {guidance}",
+                "generation": f"{variant.sampler}, {variant.steps} steps, guidance {guidance}; per pipeline: "
+                              + "; ".join(f"`python -m codi_jax.sample --config {spec} --batch "
+                                          f"{workdir / 'eval' / f'requests_{name}.jsonl'} --out "
+                                          f"{workdir / 'eval' / f'outputs_{name}'}`" for name, spec in specs.items()),
                 "versions": versions(), "code": _git_commit(), "machine": machine(),
                 "workdir": f"`{workdir}` (stage logs in logs/, generations in eval/outputs_*/)"},
         "stages": rows,

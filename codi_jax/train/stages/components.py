@@ -100,8 +100,11 @@ def param_group(path: str) -> str:
     if component == "clip":
         if re.search(r"(^|/)temporal", rest):
             return "clip:temporal"
-        return "clip:text" if rest.startswith("text_") else "clip:vision" if rest.startswith(("vision_", "visual_")) \
-            else "clip:other"
+        if rest.startswith("text_"):
+            return "clip:text"
+        if rest.startswith(("vision_", "visual_")):
+            return "clip:vision"
+        return "clip:other"  # logit_scale: CLIP's own temperature, unused by CoDi
     return f"{component}:all"
 
 
