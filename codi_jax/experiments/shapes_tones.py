@@ -15,6 +15,10 @@ The report goes to docs/results.md + docs/results_grid.png for `cpu`, WORKDIR/re
 Resumable: a stage whose final checkpoint exists is skipped, and generations already written are kept.
 Per-stage wall times are printed and kept in WORKDIR/timings.json (so a resumed run still reports them);
 each stage's log is WORKDIR/logs/<stage>.log.
+
+Time on a shared 2-core machine: smoke about 20 minutes (8 stages of 1-5 minutes each, nearly all of it
+XLA compiling, then 2-3 minutes of evaluation); cpu: the report states its stages' and evaluation's wall
+times.
 """
 from __future__ import annotations
 
@@ -131,7 +135,8 @@ def run_stage(stage: StagePlan, variant: Variant, logs: pathlib.Path) -> tuple[b
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{stage.name}.log"
     start = time.perf_counter()
-    with open(log_path, "w") as log:
+    # Appended to, so a stage resumed after an interruption keeps the log of its earlier attempt.
+    with open(log_path, "a") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
         status = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -308,11 +313,12 @@ def main(argv=None) -> int:
     report_dir.mkdir(parents=True, exist_ok=True)
     grid_name = "results_grid.png"
     shutil.copyfile(outcome["grid"], report_dir / grid_name)
-    seeds = sorted({int(load_stage_config(p.config_name, variant.train).seed) for p in plan(workdir, variant, ablation)})
+    seeds = sorted({int(load_stage_config(name, variant.train).seed) for name in STAGES})
     info = {
         "title": f"Shapes & Tones end to end ({args.variant})",
         "run": {"command": f"`{command}`",
-                "variant": f"stages `configs/<stage>.py:{variant.train}`, sampling `configs/sample.py:{variant.sample}`",
+                "variant": f"stages `configs/<stage>.py:{variant.train}`, "
+                           f"sampling `configs/sample.py:{variant.sample}`",
                 "wall time": f"{_format_seconds(sum(timings.values()))} in all (this invocation: "
                              f"{_format_seconds(time.perf_counter() - started)})",
                 "seed": f"training: config seed {', '.join(map(str, seeds))}; generation: seed "
