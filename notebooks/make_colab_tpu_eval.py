@@ -69,7 +69,10 @@ from codi_jax.experiments import shapes_tones
 from codi_jax.sample import load_config
 
 variant = shapes_tones.VARIANTS[VARIANT]
+# The run's sampler and steps, inputs at the resolution its prompt encoders were aligned on.
+settings = shapes_tones.eval_settings(variant, wiring_ablation=not RANDOM_INIT)
 if RANDOM_INIT:
+    settings.steps = 2
     # The tiny sampling config takes every component from a random init.
     specs = {ste.MAIN: "configs/sample.py:tiny"}
 else:
@@ -91,13 +94,12 @@ sampler. Two outputs are generated jointly (environment encoders + joint cross-a
 from codi_jax.data import shapes_tones as st
 from codi_jax.eval import oracle
 
-resolution = variant.resolution if not RANDOM_INIT else 32
-examples = [st.generate("test", i, resolution) for i in range(3)]
-settings = dict(sampler=variant.sampler, steps=variant.steps if not RANDOM_INIT else 2, seed=0)
+examples = [st.generate("test", i, settings.resolution) for i in range(3)]
+how = dict(sampler=settings.sampler, steps=settings.steps, seed=0)
 requests = [
-    pipeline.Request(outputs=("image",), text=examples[0]["text"], **settings),
-    pipeline.Request(outputs=("video", "audio"), text=examples[1]["text"], **settings),
-    pipeline.Request(outputs=("text",), image=examples[2]["image"], audio=examples[2]["audio"], **settings),
+    pipeline.Request(outputs=("image",), text=examples[0]["text"], **how),
+    pipeline.Request(outputs=("video", "audio"), text=examples[1]["text"], **how),
+    pipeline.Request(outputs=("text",), image=examples[2]["image"], audio=examples[2]["audio"], **how),
 ]
 results = pipe.generate_batch(requests)
 for example, request, result in zip(examples, requests, results):
@@ -151,9 +153,8 @@ N = 16  # @param {type:"integer"}
 from IPython.display import Image as ShowImage
 from IPython.display import Markdown
 
-eval_settings = ste.EvalSettings(num_examples=N, sampler=settings["sampler"], steps=settings["steps"],
-                                 resolution=resolution, wiring_ablation=not RANDOM_INIT, progress=True)
-outcome = ste.evaluate(specs, "/content/eval", eval_settings)
+settings.num_examples, settings.progress = N, True
+outcome = ste.evaluate(specs, "/content/eval", settings)
 display(Markdown(ste.render_markdown(outcome["results"], {"title": f"Shapes & Tones, {N} examples per cell"})))
 display(ShowImage(filename=str(outcome["grid"])))
 """),
