@@ -5,17 +5,34 @@
 Trains every component in model.components on each batch of one Shapes & Tones objective that
 carries image, audio and text; WORKDIR/checkpoints then hold `image_vae`, `audio_vae`, `vocoder`
 and `optimus`, which the ldm stages read through `config.init_from.autoencoders = WORKDIR`.
-TensorBoard shows per-component losses (l1, kl, mel_l1, stft, ce_per_token) and image / audio
+TensorBoard shows per-component losses (l1, kl, mel_l1, stft, ce_per_token; with the GAN on also
+g_loss, d_loss, d_weight, logits_real / logits_fake, feature_matching) and image / audio
 reconstructions. Train a single component with e.g. `--config.model.components=image_vae`.
 
 Variants:
   tiny  tests / CI: tiny networks, 16 px images, 0.256 s audio, 30 steps (the summed loss falls).
-  cpu   the Shapes & Tones run: tiny networks at 64 px and 1.024 s audio, 3000 steps.
+        GAN-free; --config.losses.adversarial=True adds tiny discriminators from step 10.
+  cpu   the Shapes & Tones run: tiny networks at 64 px and 1.024 s audio, 3000 steps, GAN-free
+        (--config.losses.adversarial=True: tiny discriminators from step 1000).
   full  the released sizes (SD kl-f8, AudioLDM VAE, HiFi-GAN 16k, Optimus BERT/GPT-2) on prepared
-        records (set data.objectives.image_audio_text.path and real tokenizer paths). The originals trained
-        with adversarial losses, which codi_jax does not implement: this variant keeps
-        losses.adversarial=True and therefore stops at start-up with that message; run it with
-        --config.losses.adversarial=False to train GAN-free.
+        records (set data.objectives.image_audio_text.path and real tokenizer paths), with the originals'
+        adversarial losses and discriminators (LDM's PatchGAN from step 50001, HiFi-GAN's MPD + MSD from
+        the start) and LDM's Adam (b1 0.5, b2 0.9, no weight decay, no clipping). The LPIPS perceptual
+        term is OFF unless losses.lpips_path names a local LPIPS weights file (nothing is downloaded).
+
+losses (the stage reads these; `model.<component>_disc` picks the discriminator presets of
+codi_jax.models.discriminators.CONFIGS):
+  adversarial        train against the discriminators (image / audio VAE, vocoder; Optimus has none)
+  disc_start         first step of the VAEs' GAN terms (LDM and AudioLDM: 50001); before it they are 0
+  disc_weight        LDM's discriminator weight on the adaptive generator weight (0.5 in SD's kl-f8)
+  vocoder_disc_start first step of the vocoder's GAN terms (HiFi-GAN: 0, from the start)
+  feature_weight     HiFi-GAN's feature-matching weight (2)
+  lpips_path         local LPIPS weights (.safetensors, or a torch state dict loadable with weights_only;
+                     keys as taming's / lpips' LPIPS module, optionally under a prefix such as LDM
+                     checkpoints' `loss.perceptual_loss.`); "" = no perceptual term
+  perceptual_weight  LDM's LPIPS weight in the reconstruction loss (1.0), used when lpips_path is set
+With optim.weight_decay > 0 AdamW still shrinks the discriminator kernels before disc_start (their
+gradient is exactly zero there); the full variant has no weight decay, as LDM's Adam.
 """
 import ml_collections
 
@@ -24,7 +41,7 @@ from codi_jax.train.defaults import base_config, component, shapes_tones_data
 COMPONENTS = ("image_vae", "audio_vae", "vocoder", "optimus")
 
 
-def _losses(audio_frames: int, adversarial: bool) -> ml_collections.ConfigDict:
+def _losses(audio_frames: int, adversarial: bool, disc_start: int) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "kl_weight": 1e-6,                # LDM's KL weight for the VAEs
         "kl_warmup_steps": 100,           # linear warm-up of the VAE KL weight and the Optimus beta
@@ -34,6 +51,12 @@ def _losses(audio_frames: int, adversarial: bool) -> ml_collections.ConfigDict:
         "optimus_beta": 1.0,
         "optimus_free_bits": 0.05,        # Optimus' dimension-wise KL threshold (lambda)
         "adversarial": adversarial,
+        "disc_start": disc_start,
+        "disc_weight": 0.5,
+        "vocoder_disc_start": 0,
+        "feature_weight": 2.0,
+        "lpips_path": "",
+        "perceptual_weight": 1.0,
     })
 
 
@@ -46,10 +69,13 @@ def get_config(variant: str = "tiny"):
         c.model.audio_vae = component("audio_tiny")
         c.model.vocoder = component("tiny")
         c.model.optimus = tiny_optimus
+        c.model.image_vae_disc = component("tiny")
+        c.model.audio_vae_disc = component("audio_tiny")
+        c.model.vocoder_disc = component("hifigan_tiny")
     if variant == "tiny":
         c.data = shapes_tones_data(["image_audio_text"], resolution=16, audio_samples=4096,
                                    text_lengths={"bert": 16, "gpt2": 16})
-        c.losses = _losses(audio_frames=24, adversarial=False)
+        c.losses = _losses(audio_frames=24, adversarial=False, disc_start=10)
         c.losses.kl_warmup_steps = 10
         c.total_steps, c.batch_size = 30, 8
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 30
@@ -58,7 +84,7 @@ def get_config(variant: str = "tiny"):
     elif variant == "cpu":
         c.data = shapes_tones_data(["image_audio_text"], resolution=64, audio_samples=16384,
                                    text_lengths={"bert": 16, "gpt2": 16})
-        c.losses = _losses(audio_frames=100, adversarial=False)
+        c.losses = _losses(audio_frames=100, adversarial=False, disc_start=1000)
         c.total_steps, c.batch_size = 3000, 32
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 500, 500
         c.optim.learning_rate, c.optim.warmup_steps = 5e-4, 100
@@ -67,13 +93,17 @@ def get_config(variant: str = "tiny"):
         c.model.audio_vae = component("audio_full")
         c.model.vocoder = component("full")
         c.model.optimus = component("full")
+        c.model.image_vae_disc = component("full")
+        c.model.audio_vae_disc = component("audio_full")
+        c.model.vocoder_disc = component("hifigan_full")
         c.data = shapes_tones_data(["image_audio_text"], resolution=256, audio_samples=163840,
                                    text_lengths={"bert": 64, "gpt2": 64})
         records = c.data.objectives.image_audio_text
         records.dataset, records.path = "records", ""   # a prepared records directory (data_pipelines/)
-        c.losses = _losses(audio_frames=1024, adversarial=True)
+        c.losses = _losses(audio_frames=1024, adversarial=True, disc_start=50001)
         c.total_steps, c.batch_size = 500_000, 256
         c.optim.learning_rate, c.optim.warmup_steps = 4.5e-6 * 256, 5000
+        c.optim.b1, c.optim.b2, c.optim.weight_decay, c.optim.grad_clip_norm = 0.5, 0.9, 0.0, 0.0
         c.dtype = "bfloat16"
         c.mesh.data, c.mesh.fsdp = -1, 1
     else:

@@ -2,29 +2,59 @@
 
 Every component named in `config.model.components` trains on each batch (one data objective
 carrying all the modalities they need; train one component per run by naming only it).
-Losses, GAN-free (the adversarial terms of the originals are not implemented; a config that
-asks for them with `losses.adversarial=True` stops at start-up):
+Reconstruction losses:
 - image / audio VAE (LDM's weighting, divided through by the input size): mean |x - x_hat|
-  + kl_weight * warm-up(step) * KL / input elements; the audio VAE works on AudioLDM's
+  (+ perceptual_weight * mean LPIPS(x, x_hat) when losses.lpips_path names a local LPIPS weights
+  file) + kl_weight * warm-up(step) * KL / input elements; the audio VAE works on AudioLDM's
   log-mel fbank [B, T, 64, 1] of the batch's wave.
 - vocoder: mel of the real wave -> generator -> wave; L1 between log-mels (HiFi-GAN's 45x
   mel loss) + multi-resolution STFT loss (spectral convergence + log magnitude).
 - Optimus: BERT posterior sample -> GPT-2 teacher forcing; token cross-entropy summed per
   sentence + beta * warm-up(step) * KL with Optimus' dimension-wise free bits.
+Adversarial losses (`losses.adversarial=True`; adversarial.py has the formulas and the gradient routing):
+- image / audio VAE: LDM's LPIPSWithDiscriminator GAN part, a PatchGAN (`config.model.<vae>_disc`) with the
+  hinge loss and the adaptive generator weight on the decoder's conv_out kernel, from step losses.disc_start.
+- vocoder: HiFi-GAN's MPD + MSD (`config.model.vocoder_disc`), least-squares losses and feature matching
+  (losses.feature_weight), from step losses.vocoder_disc_start.
+- Optimus: none (the original has none).
+The discriminators are trainable components of this stage's parameter tree (`<component>_disc`), so the
+one optimizer updates them with the generators; LPIPS weights sit in the frozen tree as `lpips`. Later
+stages copy only the autoencoders (`image_vae`, ...), never the discriminators.
+Where this differs from the originals' training: one optimizer instead of a second one for the
+discriminators (Adam's moments are per parameter, but the schedule and any global-norm clipping are
+shared), simultaneous instead of alternating updates, LDM's learned output log-variance held at 0
+(the reconstruction term is L1 (+ LPIPS) as such), and the vocoder's discriminators see the whole
+training wave rather than HiFi-GAN's 8192-sample segments.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from codi_jax.data import mel, pipeline, tokenizers
+from codi_jax.models import discriminators
+from codi_jax.models.discriminators import HifiGanDiscriminator, PatchDiscriminator
 from codi_jax.train.errors import ConfigError
+from codi_jax.train.stages import adversarial
 from codi_jax.train.stages.base import Stage, require_choice
 from codi_jax.train.stages.components import Networks, trainable_predicate
 
 AUTOENCODERS = ("image_vae", "audio_vae", "vocoder", "optimus")
 NEEDS = {"image_vae": ("image",), "audio_vae": ("audio",), "vocoder": ("audio",), "optimus": ("text",)}
+VAES = ("image_vae", "audio_vae")
+# The discriminator each component trains against when losses.adversarial is on (Optimus has none).
+DISCRIMINATED = {"image_vae": PatchDiscriminator, "audio_vae": PatchDiscriminator, "vocoder": HifiGanDiscriminator}
+LPIPS = "lpips"
+# The last layer of the VAE decoder, whose kernel gradients set LDM's adaptive GAN weight.
+LAST_LAYER = ("decoder", "conv_out")
+
+
+def disc_name(component: str) -> str:
+    return f"{component}_disc"
 
 
 def _stft_magnitude(wave, n_fft: int, hop: int):
@@ -64,13 +94,21 @@ class AutoencodersStage(Stage):
         if not self.components:
             raise ConfigError("config.model.components is empty; name at least one of " + str(list(AUTOENCODERS)))
         losses = config.losses
+        dtype = jnp.dtype(config.dtype)
+        self.networks = Networks(config.model, self.components, dtype=dtype, remat_policy=config.remat_policy)
+        self.discriminators = {}
         if losses.adversarial:
-            raise ConfigError("losses.adversarial=True: the discriminators of the original autoencoders (SD's "
-                              "LPIPS + PatchGAN, HiFi-GAN's MPD/MSD) are not implemented in codi_jax; set "
-                              "losses.adversarial=False to train with the reconstruction losses only")
-        self.networks = Networks(config.model, self.components, dtype=jnp.dtype(config.dtype),
-                                 remat_policy=config.remat_policy)
-        self._trainable = trainable_predicate([f"{c}:*" for c in self.components])
+            for name in self.components:
+                if name in DISCRIMINATED:
+                    self.discriminators[disc_name(name)] = self._discriminator(config.model, name, dtype)
+        self.lpips, self.lpips_weights = None, None
+        if losses.lpips_path and any(c in VAES for c in self.components):
+            try:
+                self.lpips_weights = adversarial.load_lpips(losses.lpips_path)
+            except ValueError as e:
+                raise ConfigError(f"losses.lpips_path: {e}") from None
+            self.lpips = adversarial.Lpips(dtype=dtype)
+        self._trainable = trainable_predicate([f"{c}:*" for c in self.components + tuple(self.discriminators)])
         objective = next(iter(config.data.objectives.values()))
         missing = {m for c in self.components for m in NEEDS[c]} - set(objective.modalities)
         if missing:
@@ -82,8 +120,32 @@ class AutoencodersStage(Stage):
                 raise ConfigError("optimus needs data.preprocess.text.tokenizers 'bert' and 'gpt2'")
             self.gpt2_pad = tokenizers.build_tokenizer("gpt2", specs.gpt2.path).pad_id
 
+    def _discriminator(self, model, component: str, dtype):
+        name = disc_name(component)
+        if name not in model:
+            raise ConfigError(f"losses.adversarial=True needs config.model.{name} (a preset of "
+                              f"codi_jax.models.discriminators.CONFIGS, e.g. {{'variant': 'tiny'}})")
+        spec = model[name]
+        overrides = spec.overrides.to_dict() if "overrides" in spec else {}
+        try:
+            module = discriminators.build(spec.variant, **overrides, dtype=dtype)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"config.model.{name}: {e}") from None
+        kind = DISCRIMINATED[component]
+        if not isinstance(module, kind):
+            raise ConfigError(f"config.model.{name} is a {type(module).__name__}; {component} needs a {kind.__name__}")
+        if kind is PatchDiscriminator and module.in_channels != self.networks[component].in_channels:
+            raise ConfigError(f"config.model.{name} takes {module.in_channels} channels; {component} makes "
+                              f"{self.networks[component].in_channels}")
+        return module
+
     def init(self, rng):
-        return self.networks.init(rng)
+        params = self.networks.init(rng)
+        for i, (name, module) in enumerate(self.discriminators.items()):
+            params[name] = module.init(jax.random.fold_in(rng, 1000 + i), *discriminators.init_inputs(module))
+        if self.lpips is not None:
+            params[LPIPS] = adversarial.lpips_variables(self.lpips, self.lpips_weights)
+        return params
 
     def is_trainable(self, path: str) -> bool:
         return self._trainable(path)
@@ -103,12 +165,43 @@ class AutoencodersStage(Stage):
             total += loss
         return total, metrics
 
+    def _reconstruction(self, params, x, recon):
+        """(L1 + perceptual_weight * LPIPS, parts): LDM's reconstruction term, as a mean per element."""
+        l1 = jnp.mean(jnp.abs(recon - x))
+        if self.lpips is None:
+            return l1, {"l1": l1}
+        perceptual = jnp.mean(self.lpips.apply(params[LPIPS], x, recon))
+        return l1 + self.config.losses.perceptual_weight * perceptual, {"l1": l1, "perceptual": perceptual}
+
     def _vae(self, name, params, x, rng, step, losses):
-        recon, posterior = self.networks.apply(params, name, x, rng)
-        rec = jnp.mean(jnp.abs(recon - x))
+        disc = disc_name(name)
+        tap = adversarial.LastLayerTap(LAST_LAYER)
+        with tap if disc in self.discriminators else contextlib.nullcontext():
+            recon, posterior = self.networks.apply(params, name, x, rng)
+        rec, parts = self._reconstruction(params, x, recon)
         kl = jnp.mean(posterior.kl()) / np.prod(x.shape[1:])
-        weight = losses.kl_weight * _warmup(step, losses.kl_warmup_steps)
-        return rec + weight * kl, {"l1": rec, "kl": kl}
+        parts["kl"] = kl
+        loss = rec + losses.kl_weight * _warmup(step, losses.kl_warmup_steps) * kl
+        if disc in self.discriminators:
+            gan = functools.partial(self._patch_gan, disc, tap, losses.disc_weight)
+            adv, adv_parts = adversarial.after_start(step, losses.disc_start, gan, params, x, recon)
+            loss = loss + adv
+            parts.update(adv_parts)
+        return loss, parts
+
+    def _patch_gan(self, disc, tap, disc_weight, params, x, recon):
+        """Hinge discriminator loss + adaptive-weighted generator loss (the sum one grad trains)."""
+        module, own = self.discriminators[disc], params[disc]
+        logits_real = module.apply(own, x)
+        logits_fake = module.apply(own, jax.lax.stop_gradient(recon))
+        d_loss = adversarial.hinge_d_loss(logits_real, logits_fake)
+        frozen = jax.lax.stop_gradient(own)
+        g_of = lambda r: adversarial.hinge_g_loss(module.apply(frozen, r))
+        g_loss = g_of(recon)
+        d_weight = adversarial.adaptive_weight(tap.kernel_grad(lambda r: self._reconstruction(params, x, r)[0]),
+                                               tap.kernel_grad(g_of), disc_weight)
+        return d_weight * g_loss + d_loss, {"g_loss": g_loss, "d_weight": d_weight, "d_loss": d_loss,
+                                            "logits_real": jnp.mean(logits_real), "logits_fake": jnp.mean(logits_fake)}
 
     def _image_vae(self, params, batch, rng, step, losses):
         return self._vae("image_vae", params, batch["image"], rng, step, losses)
@@ -122,7 +215,25 @@ class AutoencodersStage(Stage):
         fake = self.networks.apply(params, "vocoder", mel.log_mel(real))[:, :real.shape[-1]]
         mel_l1 = jnp.mean(jnp.abs(_log_mel(fake) - _log_mel(real)))
         stft = multi_resolution_stft_loss(fake, real, losses.stft_resolutions)
-        return losses.mel_weight * mel_l1 + stft, {"mel_l1": mel_l1, "stft": stft}
+        loss, parts = losses.mel_weight * mel_l1 + stft, {"mel_l1": mel_l1, "stft": stft}
+        if disc_name("vocoder") in self.discriminators:
+            gan = functools.partial(self._hifigan_gan, losses.feature_weight)
+            adv, adv_parts = adversarial.after_start(step, losses.vocoder_disc_start, gan,
+                                                     params[disc_name("vocoder")], real, fake)
+            loss = loss + adv
+            parts.update(adv_parts)
+        return loss, parts
+
+    def _hifigan_gan(self, feature_weight, own, real, fake):
+        """Least-squares discriminator + generator losses and feature matching over MPD + MSD."""
+        module = self.discriminators[disc_name("vocoder")]
+        real_out = module.apply(own, real)
+        fake_out = module.apply(own, jax.lax.stop_gradient(fake))
+        d_loss = adversarial.least_squares_d_loss([o[0] for o in real_out], [o[0] for o in fake_out])
+        fake_g = module.apply(jax.lax.stop_gradient(own), fake)
+        g_loss = adversarial.least_squares_g_loss([o[0] for o in fake_g])
+        fm = adversarial.feature_matching_loss(jax.lax.stop_gradient([o[1] for o in real_out]), [o[1] for o in fake_g])
+        return g_loss + feature_weight * fm + d_loss, {"g_loss": g_loss, "feature_matching": fm, "d_loss": d_loss}
 
     def _optimus(self, params, batch, rng, step, losses):
         _, _, mu, logvar = self.networks.apply(params, "optimus", batch["text_ids/bert"], method="encode")
