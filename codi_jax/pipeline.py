@@ -303,6 +303,10 @@ RELEASED_CONVERTERS = {"clip": "clip", "clap": "clap_audio", "optimus": "optimus
 # Independent random streams drawn from one request's seed: the initial noise of each output modality
 # (so a modality starts from the same noise whatever else is generated), the text decoder's draws,
 # and CLAP's crop of audio longer than its clip.
+# Mel -> wave for generated audio: the trained HiFi-GAN ("vocoder", the original's path) or mel inversion +
+# Griffin-Lim ("griffin_lim", no learned weights: for runs too short to train a vocoder, e.g. on a CPU).
+MEL_INVERSIONS = ("vocoder", "griffin_lim")
+GRIFFIN_LIM_ITERATIONS = 8
 _STREAMS = {"text": 0, "image": 1, "video": 2, "audio": 3, "text_decoding": 4, "audio_crop": 5}
 
 
@@ -592,6 +596,24 @@ def _decode_pixels(variables, z, *, model):
     return jnp.round(jnp.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
+@functools.partial(jax.jit, static_argnames=("vae",))
+def _decode_mel(vae_variables, z, *, vae):
+    """Latents -> log-mel [B, T, 64], one example at a time (the latent clipping looks at a batch's max |z|)."""
+    return jax.vmap(lambda zi: vae.apply(vae_variables, zi[None], method="from_latent")[0, ..., 0])(z)
+
+
+def _griffin_lim_waves(mels: np.ndarray, samples: int) -> np.ndarray:
+    """Log-mels [B, T, 64] -> waves [B, samples] by mel inversion + Griffin-Lim (codi_jax.eval.griffin_lim),
+    zero-padded to the vocoder's length so both decoders give the same shape."""
+    from codi_jax.eval import griffin_lim
+
+    waves = np.zeros((mels.shape[0], samples), np.float32)
+    for i, m in enumerate(mels):
+        wave = griffin_lim.mel_to_wave(m, iterations=GRIFFIN_LIM_ITERATIONS)[:samples]
+        waves[i, :wave.size] = wave
+    return waves
+
+
 @functools.partial(jax.jit, static_argnames=("vae", "vocoder", "samples"))
 def _decode_audio(vae_variables, vocoder_variables, z, *, vae, vocoder, samples: int):
     """Latents -> mel -> 16 kHz waves [B, samples] (the vocoder's tail beyond the mel frames dropped)."""
@@ -638,6 +660,8 @@ class CoDiPipeline:
 
     def __init__(self, config, networks: Networks, variables: Mapping[str, Any], sources: Mapping[str, str],
                  tokenizers: Mapping[str, Any]):
+        if config.get("mel_inversion", "vocoder") not in MEL_INVERSIONS:
+            raise ConfigError(f"mel_inversion: {config.mel_inversion!r} is not one of {list(MEL_INVERSIONS)}")
         self.config = config
         self.nets = networks
         self.variables = dict(variables)
@@ -802,6 +826,9 @@ class CoDiPipeline:
         nets, v = self.nets, self.variables
         if modality in ("image", "video"):
             return np.asarray(_decode_pixels(v["autokl"], z, model=nets.autokl))
+        if modality == "audio" and self.config.get("mel_inversion", "vocoder") == "griffin_lim":
+            return _griffin_lim_waves(np.asarray(_decode_mel(v["audio_vae"], z, vae=nets.audio_vae)),
+                                      self.output_shapes["audio"][0])
         if modality == "audio":
             return np.asarray(_decode_audio(v["audio_vae"], v["vocoder"], z, vae=nets.audio_vae,
                                             vocoder=nets.vocoder, samples=self.output_shapes["audio"][0]))
@@ -817,6 +844,7 @@ class CoDiPipeline:
         """The run's settings, as request.json records them next to the request."""
         return {"config": self.config.variant, "components": dict(self.sources), "wiring": self.wiring,
                 "aliased_skip": self.aliased_skip, "batch_size": int(self.config.batch_size),
+                "mel_inversion": self.config.get("mel_inversion", "vocoder"),
                 "text_decoding": self.config.text_decoding, "image_shape": list(self.output_shapes["image"]),
                 "video_shape": list(self.output_shapes["video"]), "video_fps": float(self.config.video_fps),
                 "audio_seconds": self.output_shapes["audio"][0] / media.AUDIO_RATE,

@@ -10,18 +10,18 @@ conditioned on the frozen CLIP text encoding (10% dropout to CLIP("")). Trains t
 Variants:
   tiny  tests / CI: tiny networks, 0.256 s of audio (24 mel frames -> 12x32x8 latents), 30 steps;
         the eps-MSE falls.
-  cpu   Shapes & Tones, 1.024 s (100 frames), tiny networks, 5000 steps.
+  cpu   Shapes & Tones, 1.024 s cut to 96 mel frames (24x16x8 latents), the CPU networks, 250 steps.
   full  the released audio UNet, AudioLDM VAE and CLIP on 10.24 s clips (1024 frames -> 8x256x16
         latents) from prepared text-audio records; bf16 compute, remat.
 """
-from codi_jax.train.defaults import base_config, model_components, shapes_tones_data
+from codi_jax.train.defaults import CPU_AUDIO_FRAMES, base_config, model_components, shapes_tones_data
 
 NETWORKS = ("unet_audio", "audio_vae", "clip")
 
 
 def get_config(variant: str = "tiny"):
     c = base_config("ldm", "./workdirs/audio_ldm")
-    c.model = model_components(NETWORKS, "full" if variant == "full" else "tiny")
+    c.model = model_components(NETWORKS, variant if variant in ("cpu", "full") else "tiny")
     c.model.modality, c.model.conditions, c.model.cond_dropout = "audio", ("text",), 0.1
     c.model.trainable = ("unet_audio:base",)
     c.model.sample_steps, c.model.guidance_scale = 10, 7.5
@@ -35,10 +35,10 @@ def get_config(variant: str = "tiny"):
         c.ema_decay = 0.0
     elif variant == "cpu":
         c.data = shapes_tones_data(["text_audio"], resolution=16, audio_samples=16384, text_lengths={"clip": 16})
-        c.model.audio_frames = 100
-        c.total_steps, c.batch_size = 5000, 64
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 1000, 1000
-        c.optim.learning_rate, c.optim.warmup_steps = 3e-4, 200
+        c.model.audio_frames = CPU_AUDIO_FRAMES
+        c.total_steps, c.batch_size = 250, 32
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 250, 250
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 25
     elif variant == "full":
         c.data = shapes_tones_data(["text_audio"], resolution=16, audio_samples=163840, text_lengths={"clip": 77})
         c.data.objectives.text_audio.dataset = "records"  # set data.objectives.text_audio.path

@@ -11,12 +11,12 @@ TensorBoard shows each pair's loss, retrieval accuracy and temperature.
 Variants:
   tiny  tests / CI: tiny CLIP and CLAP from scratch (every tower trains), 16 px, 4 frames, 0.256 s
         audio, 30 steps: the summed loss falls.
-  cpu   the Shapes & Tones run, tiny networks from scratch at 64 px, 8 frames, 1.024 s, 3000 steps.
+  cpu   the Shapes & Tones run, tiny networks from scratch at 32 px, 8 frames, 1.024 s, 300 steps.
   full  the paper's setting: released-size CLIP ViT-L/14 (+ temporal layers) and CLAP HTSAT-large;
         CLIP's text and image towers frozen (load them with init_from.clip_from = a workdir holding
         converted weights), CLAP and the temporal layers trained on text-audio and text-video records.
 """
-from codi_jax.train.defaults import base_config, component, shapes_tones_data
+from codi_jax.train.defaults import CPU_RESOLUTION, base_config, component, shapes_tones_data
 
 
 def get_config(variant: str = "tiny"):
@@ -36,11 +36,11 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 3
         c.ema_decay = 0.0
     elif variant == "cpu":
-        c.data = shapes_tones_data(["text_image_video_audio"], resolution=64, num_frames=8, audio_samples=16384,
+        c.data = shapes_tones_data(["text_image_video_audio"], resolution=CPU_RESOLUTION, num_frames=8, audio_samples=16384,
                                    text_lengths={"clip": 16})
-        c.total_steps, c.batch_size = 3000, 64
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 500, 1000
-        c.optim.learning_rate, c.optim.warmup_steps = 5e-4, 100
+        c.total_steps, c.batch_size = 300, 32
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 300, 300
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 30
     elif variant == "full":
         c.model.clip = component("full")
         c.model.clap = component("full")

@@ -11,18 +11,18 @@ latent_align. TensorBoard: eps_mse, and DDIM samples (10 steps, guidance 7.5) as
 
 Variants:
   tiny  tests / CI: tiny networks, 16 px images (8x8 latents), 30 steps; the eps-MSE falls.
-  cpu   Shapes & Tones at 64 px on the tiny networks, 5000 steps.
+  cpu   Shapes & Tones at 32 px (8x8x4 latents) on the CPU networks, 400 steps.
   full  the released image UNet (1.77B with its video / env / joint layers), SD VAE and CLIP
         ViT-L/14 at 256 px on prepared text-image records; bf16 compute, remat.
 """
-from codi_jax.train.defaults import base_config, model_components, shapes_tones_data
+from codi_jax.train.defaults import CPU_RESOLUTION, base_config, model_components, shapes_tones_data
 
 NETWORKS = ("unet_image", "image_vae", "clip")
 
 
 def get_config(variant: str = "tiny"):
     c = base_config("ldm", "./workdirs/image_ldm")
-    c.model = model_components(NETWORKS, "full" if variant == "full" else "tiny")
+    c.model = model_components(NETWORKS, variant if variant in ("cpu", "full") else "tiny")
     c.model.modality, c.model.conditions, c.model.cond_dropout = "image", ("text",), 0.1
     c.model.trainable = ("unet_image:base",)
     c.model.audio_frames = 0
@@ -35,10 +35,10 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
     elif variant == "cpu":
-        c.data = shapes_tones_data(["text_image"], resolution=64, text_lengths={"clip": 16})
-        c.total_steps, c.batch_size = 5000, 64
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 1000, 1000
-        c.optim.learning_rate, c.optim.warmup_steps = 3e-4, 200
+        c.data = shapes_tones_data(["text_image"], resolution=CPU_RESOLUTION, text_lengths={"clip": 16})
+        c.total_steps, c.batch_size = 400, 64
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 400, 400
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 40
     elif variant == "full":
         c.data = shapes_tones_data(["text_image"], resolution=256, text_lengths={"clip": 77})
         c.data.objectives.text_image.dataset = "records"  # set data.objectives.text_image.path

@@ -19,7 +19,7 @@ variant that reads trained ldm workdirs trains only env + joint, as the paper do
 Variants:
   tiny  (default) tests / CI, as above.
   cpu   the Shapes & Tones run: the paper's three objectives text_image, text_audio, audio_video
-        mixed, 64 px, 8 frames, 1.024 s audio, 5000 steps, reading the earlier stages' workdirs.
+        mixed, 32 px, 8 frames, 1.024 s audio, 150 steps, reading the earlier stages' workdirs.
   full  released sizes (the three CoDi UNets, SD VAE, AudioLDM VAE, Optimus, CLIP) on prepared
         records; bf16 compute, full remat. benchmarks/bench_train.py compiles its text_image step.
 Set model.contrastive_weight > 0 for the paper's contrastive term between environment encoders;
@@ -27,14 +27,14 @@ model.wiring = "own" reproduces the released code's wiring. To follow the paper'
 text_image first, then text_audio with model.trainable = ("unet_audio:env", "unet_audio:joint"),
 then audio_video with ("unet_image:env", "unet_image:joint").
 """
-from codi_jax.train.defaults import base_config, model_components, shapes_tones_data
+from codi_jax.train.defaults import CPU_AUDIO_FRAMES, CPU_RESOLUTION, base_config, model_components, shapes_tones_data
 
 NETWORKS = ("unet_image", "unet_audio", "unet_text", "image_vae", "audio_vae", "optimus", "clip")
 
 
 def get_config(variant: str = "tiny"):
     c = base_config("latent_align", "./workdirs/latent_align")
-    c.model = model_components(NETWORKS, "full" if variant == "full" else "tiny")
+    c.model = model_components(NETWORKS, variant if variant in ("cpu", "full") else "tiny")
     c.model.wiring = "others"
     c.model.conditions, c.model.cond_dropout = (), 0.1
     c.model.trainable = ()  # empty: the env and joint groups of every UNet the objectives use
@@ -54,12 +54,12 @@ def get_config(variant: str = "tiny"):
         c.ema_decay = 0.0
     elif variant == "cpu":
         c.model.objectives = ("text_image", "text_audio", "audio_video")
-        c.model.audio_frames = 100
-        c.data = shapes_tones_data(c.model.objectives, resolution=64, num_frames=8, audio_samples=16384,
+        c.model.audio_frames = CPU_AUDIO_FRAMES
+        c.data = shapes_tones_data(c.model.objectives, resolution=CPU_RESOLUTION, num_frames=8, audio_samples=16384,
                                    text_lengths=lengths)
-        c.total_steps, c.batch_size = 5000, 32
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 1000, 1000
-        c.optim.learning_rate, c.optim.warmup_steps = 3e-4, 200
+        c.total_steps, c.batch_size = 150, 16
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 150, 150
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 15
     elif variant == "full":
         c.model.objectives = ("text_image", "text_audio", "audio_video")
         c.model.audio_frames = 1024

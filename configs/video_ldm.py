@@ -15,18 +15,18 @@ Variants:
         init_from.image_ldm the UNet is random and its zero-initialised output conv passes no
         gradient to the temporal layers, so this variant trains base + temporal from scratch;
         with init_from.image_ldm set, train temporal only (--config.model.trainable=...).
-  cpu   Shapes & Tones, 8 frames of 64 px, tiny networks, 5000 steps.
+  cpu   Shapes & Tones, 8 frames of 32 px (8x8x8x4 latents), the CPU networks, 250 steps.
   full  the released image+video UNet, 8 frames of 256 px (4x8x32x32 latents) on prepared
         text-video records; bf16 compute, full remat.
 """
-from codi_jax.train.defaults import base_config, model_components, shapes_tones_data
+from codi_jax.train.defaults import CPU_RESOLUTION, base_config, model_components, shapes_tones_data
 
 NETWORKS = ("unet_image", "image_vae", "clip")
 
 
 def get_config(variant: str = "tiny"):
     c = base_config("ldm", "./workdirs/video_ldm")
-    c.model = model_components(NETWORKS, "full" if variant == "full" else "tiny")
+    c.model = model_components(NETWORKS, variant if variant in ("cpu", "full") else "tiny")
     c.model.modality, c.model.conditions, c.model.cond_dropout = "video", ("text",), 0.1
     c.model.trainable = ("unet_image:temporal",)
     c.model.audio_frames = 0
@@ -40,10 +40,10 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
     elif variant == "cpu":
-        c.data = shapes_tones_data(["text_video"], resolution=64, num_frames=8, text_lengths={"clip": 16})
-        c.total_steps, c.batch_size = 5000, 32
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 50, 1000, 1000
-        c.optim.learning_rate, c.optim.warmup_steps = 3e-4, 200
+        c.data = shapes_tones_data(["text_video"], resolution=CPU_RESOLUTION, num_frames=8, text_lengths={"clip": 16})
+        c.total_steps, c.batch_size = 250, 16
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 250, 250
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 25
     elif variant == "full":
         c.data = shapes_tones_data(["text_video"], resolution=256, num_frames=8, text_lengths={"clip": 77})
         c.data.objectives.text_video.dataset = "records"  # set data.objectives.text_video.path

@@ -67,6 +67,24 @@ def test_sampling_config_is_the_trained_networks(tmp_path):
         assert main.latents.text == (nets.optimus.decoder.latent_size,)
         audio_frames = experiment.load_stage_config("audio_ldm", v.train).model.audio_frames
         assert round(main.audio_seconds * 16000) == audio_frames * 160
+    # The cpu run trains no vocoder: its sampling inverts mels with Griffin-Lim and never loads one.
+    cpu = load_config(experiment.sample_configs(tmp_path / "cpu", experiment.VARIANTS["cpu"], False)[ste.MAIN])
+    assert (cpu.mel_inversion, cpu.components.vocoder) == ("griffin_lim", "random")
+
+
+def test_a_run_without_a_vocoder_must_not_sample_with_one(tmp_path, monkeypatch):
+    from codi_jax.sample import load_config
+
+    original = load_config
+
+    def vocoder_sampling(spec):
+        config = original(spec)
+        config.mel_inversion = "vocoder"
+        return config
+
+    monkeypatch.setattr("codi_jax.sample.load_config", vocoder_sampling)
+    with pytest.raises(ValueError, match="trains no vocoder but configs/sample.py:cpu decodes audio with one"):
+        experiment.sample_configs(tmp_path, experiment.VARIANTS["cpu"], False)
 
 
 def _environment():

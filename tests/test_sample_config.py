@@ -31,7 +31,7 @@ def test_full_is_the_released_codi():
 
 @pytest.mark.parametrize("variant,expected", [
     ("tiny", {"image": (32, 32, 3), "video": (4, 32, 32, 3), "audio": (5_120,), "text": ()}),
-    ("cpu", {"image": (64, 64, 3), "video": (8, 64, 64, 3), "audio": (16_000,), "text": ()}),
+    ("cpu", {"image": (32, 32, 3), "video": (8, 32, 32, 3), "audio": (15_360,), "text": ()}),
 ])
 def test_small_variants_state_their_sizes(variant, expected):
     config, _, shapes = _shapes(variant)

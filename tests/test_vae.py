@@ -139,6 +139,21 @@ def test_audio_latent_clipping_and_wave_entry():
     assert post.mean.shape == (2, 16, 32, 8)
 
 
+def test_norm_groups():
+    """norm_groups reaches every GroupNorm: 16-wide presets (the CPU run's audio VAE) build with 4 groups and
+    not with torch's 32; the same weights give another output with 8 groups than with 32."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
+    model32, model8 = autoencoder.build("tiny"), autoencoder.build("tiny", norm_groups=8)
+    params = jax.jit(model32.init)(jax.random.key(0), x)
+    out32 = model32.apply(params, x)[0]
+    out8 = model8.apply(params, x)[0]
+    assert out8.shape == out32.shape and float(jnp.abs(out8 - out32).max()) > 1e-3
+    narrow = autoencoder.build("tiny", ch=16, norm_groups=4)
+    assert narrow.apply(jax.jit(narrow.init)(jax.random.key(0), x), x)[0].shape == x.shape
+    with pytest.raises(ValueError, match=r"Number of groups \(32\) does not divide the number of channels \(16\)"):
+        jax.eval_shape(autoencoder.build("tiny", ch=16).init, jax.random.key(0), x)
+
+
 def test_bad_input():
     model, params = _tiny()
     with pytest.raises(ValueError, match="expected 3 channels"):

@@ -71,9 +71,9 @@ def _conv(features: int, kernel: int, name: str | None, dtype: Dtype, stride: in
                    kernel_init=_conv_kernel, bias_init=_conv_bias, name=name)
 
 
-def _group_norm(name: str, dtype: Dtype):
+def _group_norm(name: str, dtype: Dtype, groups: int):
     # Exact two-pass variance, as torch's GroupNorm: the fast E[x^2]-E[x]^2 form drifts on large means.
-    return nn.GroupNorm(num_groups=GN_GROUPS, epsilon=GN_EPS, dtype=dtype, use_fast_variance=False,
+    return nn.GroupNorm(num_groups=groups, epsilon=GN_EPS, dtype=dtype, use_fast_variance=False,
                         scale_init=_norm_scale, bias_init=_norm_bias, name=name)
 
 
@@ -81,12 +81,13 @@ class ResnetBlock(nn.Module):
     """GN -> swish -> conv3 -> GN -> swish -> conv3, with a 1x1 `nin_shortcut` when the width changes."""
     out_channels: int
     dtype: Dtype = jnp.float32
+    norm_groups: int = GN_GROUPS
 
     @nn.compact
     def __call__(self, x):
-        h = nn.swish(_group_norm("norm1", self.dtype)(x))
+        h = nn.swish(_group_norm("norm1", self.dtype, self.norm_groups)(x))
         h = _conv(self.out_channels, 3, "conv1", self.dtype)(h)
-        h = nn.swish(_group_norm("norm2", self.dtype)(h))
+        h = nn.swish(_group_norm("norm2", self.dtype, self.norm_groups)(h))
         h = _conv(self.out_channels, 3, "conv2", self.dtype)(h)
         if x.shape[-1] != self.out_channels:
             x = _conv(self.out_channels, 1, "nin_shortcut", self.dtype)(x)
@@ -96,11 +97,12 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention over all H*W positions (1x1 q/k/v/proj, scale C^-1/2)."""
     dtype: Dtype = jnp.float32
+    norm_groups: int = GN_GROUPS
 
     @nn.compact
     def __call__(self, x):
         b, height, width, c = x.shape
-        h = _group_norm("norm", self.dtype)(x).reshape(b, height * width, c)
+        h = _group_norm("norm", self.dtype, self.norm_groups)(x).reshape(b, height * width, c)
 
         def proj(name, axes):
             return nn.Dense(c, dtype=self.dtype, name=name,
@@ -145,6 +147,7 @@ class Encoder(nn.Module):
     attn_resolutions: Sequence[int] = ()
     resolution: int = 256
     dtype: Dtype = jnp.float32
+    norm_groups: int = GN_GROUPS
 
     @nn.compact
     def __call__(self, x):
@@ -152,16 +155,16 @@ class Encoder(nn.Module):
         res = self.resolution
         for level, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
-                h = ResnetBlock(self.ch * mult, self.dtype, name=f"down_{level}_block_{j}")(h)
+                h = ResnetBlock(self.ch * mult, self.dtype, norm_groups=self.norm_groups, name=f"down_{level}_block_{j}")(h)
                 if res in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, name=f"down_{level}_attn_{j}")(h)
+                    h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name=f"down_{level}_attn_{j}")(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
                 res //= 2
-        h = ResnetBlock(h.shape[-1], self.dtype, name="mid_block_1")(h)
-        h = AttnBlock(self.dtype, name="mid_attn_1")(h)
-        h = ResnetBlock(h.shape[-1], self.dtype, name="mid_block_2")(h)
-        h = nn.swish(_group_norm("norm_out", self.dtype)(h))
+        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_1")(h)
+        h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name="mid_attn_1")(h)
+        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_2")(h)
+        h = nn.swish(_group_norm("norm_out", self.dtype, self.norm_groups)(h))
         out = 2 * self.z_channels if self.double_z else self.z_channels
         return _conv(out, 3, "conv_out", self.dtype)(h)
 
@@ -174,23 +177,24 @@ class Decoder(nn.Module):
     attn_resolutions: Sequence[int] = ()
     resolution: int = 256
     dtype: Dtype = jnp.float32
+    norm_groups: int = GN_GROUPS
 
     @nn.compact
     def __call__(self, z):
         h = _conv(self.ch * self.ch_mult[-1], 3, "conv_in", self.dtype)(z)
-        h = ResnetBlock(h.shape[-1], self.dtype, name="mid_block_1")(h)
-        h = AttnBlock(self.dtype, name="mid_attn_1")(h)
-        h = ResnetBlock(h.shape[-1], self.dtype, name="mid_block_2")(h)
+        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_1")(h)
+        h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name="mid_attn_1")(h)
+        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_2")(h)
         res = self.resolution // 2 ** (len(self.ch_mult) - 1)
         for level in reversed(range(len(self.ch_mult))):
             for j in range(self.num_res_blocks + 1):
-                h = ResnetBlock(self.ch * self.ch_mult[level], self.dtype, name=f"up_{level}_block_{j}")(h)
+                h = ResnetBlock(self.ch * self.ch_mult[level], self.dtype, norm_groups=self.norm_groups, name=f"up_{level}_block_{j}")(h)
                 if res in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, name=f"up_{level}_attn_{j}")(h)
+                    h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name=f"up_{level}_attn_{j}")(h)
             if level != 0:
                 h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
                 res *= 2
-        h = nn.swish(_group_norm("norm_out", self.dtype)(h))
+        h = nn.swish(_group_norm("norm_out", self.dtype, self.norm_groups)(h))
         return _conv(self.out_channels, 3, "conv_out", self.dtype)(h)
 
 
@@ -209,10 +213,14 @@ class AutoencoderKL(nn.Module):
     # (threshold, bound): if max|z| > threshold over the batch, clip z to [-bound, bound] before decoding.
     latent_clip: tuple[float, float] | None = None
     dtype: Dtype = jnp.float32
+    # torch's GroupNorm(32) in every released size; a narrow preset needs fewer groups, since one channel per
+    # group (32 channels) is instance norm, which erases each channel's level (an object's colour).
+    norm_groups: int = GN_GROUPS
 
     def setup(self):
         common = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                      attn_resolutions=tuple(self.attn_resolutions), resolution=self.resolution, dtype=self.dtype)
+                      attn_resolutions=tuple(self.attn_resolutions), resolution=self.resolution, dtype=self.dtype,
+                      norm_groups=self.norm_groups)
         self.encoder = Encoder(z_channels=self.z_channels, double_z=self.double_z, **common)
         self.decoder = Decoder(out_channels=self.out_channels, **common)
         self.quant_conv = _conv(2 * self.embed_dim, 1, None, self.dtype)

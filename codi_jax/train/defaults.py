@@ -94,16 +94,25 @@ _TINY = {
     "unet_audio": ("tiny_audio", {}),
     "unet_text": ("tiny", {}),
 }
+# The Shapes & Tones CPU run (every configs/<stage>.py:cpu): the tiny networks with VAEs that downsample by 4,
+# on 32 px images / video frames and 1.024 s audio cut to 96 mel frames, so latents are 8x8x4 (image, each
+# video frame) and 24x16x8 (audio) and every stage fits a 2-core machine. The VAEs' GroupNorms keep 4 channels
+# per group, as SD's (128 channels, 32 groups); the audio VAE is 16 wide, at full mel size the costliest net.
+_CPU = {**_TINY, "image_vae": ("tiny", {"ch_mult": (1, 2, 2), "norm_groups": 8}),
+        "audio_vae": ("audio_tiny", {"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 4})}
+CPU_RESOLUTION = 32
+CPU_AUDIO_FRAMES = 96
 _FULL = {"clip": "full", "clap": "full", "image_vae": "full", "audio_vae": "audio_full", "vocoder": "full",
          "optimus": "full", "unet_image": "full", "unet_audio": "full_audio", "unet_text": "full"}
 
 
 def model_components(names, size: str) -> ml_collections.ConfigDict:
-    """config.model with `names` at size "tiny" (CPU; widths matched as above) or "full" (released sizes)."""
+    """config.model with `names` at size "tiny" (tests; widths matched as above), "cpu" (the Shapes & Tones
+    CPU run) or "full" (released sizes)."""
     model = ml_collections.ConfigDict()
     for name in names:
-        if size == "tiny":
-            variant, overrides = _TINY[name]
+        if size in ("tiny", "cpu"):
+            variant, overrides = (_TINY if size == "tiny" else _CPU)[name]
             model[name] = component(variant, **overrides)
         else:
             model[name] = component(_FULL[name])

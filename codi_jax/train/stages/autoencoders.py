@@ -3,7 +3,8 @@
 Every component named in `config.model.components` trains on each batch (one data objective
 carrying all the modalities they need; train one component per run by naming only it).
 Reconstruction losses:
-- image / audio VAE (LDM's weighting, divided through by the input size): mean |x - x_hat|
+- image / audio VAE (LDM's weighting, divided through by the input size): mean |x - x_hat| (or the
+  squared error: losses.reconstruction.<vae> = "l2")
   (+ perceptual_weight * mean LPIPS(x, x_hat) when losses.lpips_path names a local LPIPS weights
   file) + kl_weight * warm-up(step) * KL / input elements; the audio VAE works on AudioLDM's
   log-mel fbank [B, T, 64, 1] of the batch's wave.
@@ -91,6 +92,8 @@ class AutoencodersStage(Stage):
         self.components = tuple(config.model.components)
         for name in self.components:
             require_choice(name, AUTOENCODERS, "autoencoder component")
+        for name in VAES:
+            require_choice(config.losses.reconstruction[name], ("l1", "l2"), f"losses.reconstruction.{name}")
         if not self.components:
             raise ConfigError("config.model.components is empty; name at least one of " + str(list(AUTOENCODERS)))
         losses = config.losses
@@ -165,20 +168,22 @@ class AutoencodersStage(Stage):
             total += loss
         return total, metrics
 
-    def _reconstruction(self, params, x, recon):
-        """(L1 + perceptual_weight * LPIPS, parts): LDM's reconstruction term, as a mean per element."""
-        l1 = jnp.mean(jnp.abs(recon - x))
+    def _reconstruction(self, name, params, x, recon):
+        """(L1 (or the squared error, losses.reconstruction.<name> = "l2") + perceptual_weight * LPIPS, parts):
+        LDM's reconstruction term, as a mean per element."""
+        kind = self.config.losses.reconstruction[name]
+        error = jnp.mean(jnp.abs(recon - x) if kind == "l1" else jnp.square(recon - x))
         if self.lpips is None:
-            return l1, {"l1": l1}
+            return error, {kind: error}
         perceptual = jnp.mean(self.lpips.apply(params[LPIPS], x, recon))
-        return l1 + self.config.losses.perceptual_weight * perceptual, {"l1": l1, "perceptual": perceptual}
+        return error + self.config.losses.perceptual_weight * perceptual, {kind: error, "perceptual": perceptual}
 
     def _vae(self, name, params, x, rng, step, losses):
         disc = disc_name(name)
         tap = adversarial.LastLayerTap(LAST_LAYER)
         with tap if disc in self.discriminators else contextlib.nullcontext():
             recon, posterior = self.networks.apply(params, name, x, rng)
-        rec, parts = self._reconstruction(params, x, recon)
+        rec, parts = self._reconstruction(name, params, x, recon)
         kl = jnp.mean(posterior.kl()) / np.prod(x.shape[1:])
         parts["kl"] = kl
         loss = rec + losses.kl_weight * _warmup(step, losses.kl_warmup_steps) * kl
@@ -198,7 +203,8 @@ class AutoencodersStage(Stage):
         frozen = jax.lax.stop_gradient(own)
         g_of = lambda r: adversarial.hinge_g_loss(module.apply(frozen, r))
         g_loss = g_of(recon)
-        d_weight = adversarial.adaptive_weight(tap.kernel_grad(lambda r: self._reconstruction(params, x, r)[0]),
+        vae = disc.removesuffix("_disc")
+        d_weight = adversarial.adaptive_weight(tap.kernel_grad(lambda r: self._reconstruction(vae, params, x, r)[0]),
                                                tap.kernel_grad(g_of), disc_weight)
         return d_weight * g_loss + d_loss, {"g_loss": g_loss, "d_weight": d_weight, "d_loss": d_loss,
                                             "logits_real": jnp.mean(logits_real), "logits_fake": jnp.mean(logits_fake)}
