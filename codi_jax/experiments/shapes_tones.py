@@ -17,8 +17,8 @@ Per-stage wall times are printed and kept in WORKDIR/timings.json (so a resumed 
 each stage's log is WORKDIR/logs/<stage>.log.
 
 Time on a shared 2-core machine: smoke about 20 minutes (8 stages of 1-5 minutes each, nearly all of it
-XLA compiling, then 2-3 minutes of evaluation); cpu about 70 minutes (stages 1-9 minutes each, then about
-30 minutes generating 200 examples x 27 cells); the report states each stage's and the evaluation's time.
+XLA compiling, then 2-3 minutes of evaluation); cpu about 78 minutes (stages 1-9 minutes each, then about
+40 minutes generating 200 examples x 27 cells); the report states each stage's and the evaluation's time.
 """
 from __future__ import annotations
 
