@@ -66,6 +66,26 @@ def test_sharded_init_specs_on_2x4_mesh():
     assert params["params"]["up"]["kernel"].sharding.spec == P("fsdp", "tensor")
 
 
+def test_tree_shardings_inside_set_mesh_and_rules():
+    # The train loop holds jax.set_mesh + logical_axis_rules while it builds its state; reading
+    # the shardings there must not apply (eager) sharding constraints to abstract values.
+    m = mesh_lib.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    model = ToyBlock()
+    x = jnp.ones((8, 8, 8, 8))
+    abstract = jax.eval_shape(model.init, jax.random.key(0), x)
+    outside = part.tree_shardings(abstract, m)
+    with jax.set_mesh(m), nn.logical_axis_rules(part.DEFAULT_RULES):
+        inside = part.tree_shardings(abstract, m)
+        params, shardings = part.sharded_init(lambda r: model.init(r, x), m, jax.random.key(0))
+        values = part.unbox_values(abstract)
+    assert inside == outside == shardings
+    assert inside["params"]["up"]["kernel"].spec == P("fsdp", "tensor")
+    assert params["params"]["down"]["kernel"].sharding.spec == P("tensor", "fsdp")
+    assert values["params"]["conv"]["kernel"].shape == (3, 3, 8, 16)
+    assert not any(isinstance(v, nn.meta.AxisMetadata)
+                   for v in jax.tree.leaves(values, is_leaf=lambda v: isinstance(v, nn.meta.AxisMetadata)))
+
+
 def _loss_and_step(model):
     opt = optax.adamw(1e-2)
 

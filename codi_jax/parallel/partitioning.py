@@ -102,10 +102,32 @@ def logical_spec(
     return P(*spec)
 
 
+def unbox_values(tree):
+    """The values inside flax's axis-metadata boxes, with no sharding constraint applied.
+
+    `nn.meta.unbox` constrains every value to its logical sharding whenever a global mesh is
+    set; under `jax.set_mesh` with logical rules that is an eager `with_sharding_constraint`
+    on abstract or unsharded values, which fails. Shardings here are always explicit
+    (`tree_shardings`, jit out_shardings), so the constraint adds nothing.
+    """
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+
+    def one(x):
+        if isinstance(x, nn.meta.Partitioned):
+            return unbox_values(x.unbox(apply_constraint=False))
+        return unbox_values(x.unbox()) if is_box(x) else x
+
+    return jax.tree.map(one, tree, is_leaf=is_box)
+
+
 def tree_shardings(abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for a tree of (possibly boxed) abstract arrays from `jax.eval_shape(init)`."""
+    """NamedShardings for a tree of (possibly boxed) abstract arrays from `jax.eval_shape(init)`.
+
+    Safe inside `jax.set_mesh(...)` and `nn.logical_axis_rules(...)`: only the logical names
+    and shapes are read, no constraint is applied.
+    """
     specs = nn.get_partition_spec(abstract_tree)
-    shapes = nn.meta.unbox(abstract_tree)
+    shapes = unbox_values(abstract_tree)
 
     def one(spec, leaf):
         names = tuple(spec) if spec is not None else None
@@ -117,11 +139,15 @@ def tree_shardings(abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
 def sharded_init(init_fn, mesh: Mesh, *args, rules=DEFAULT_RULES):
     """Initialise a parameter tree directly into its shards: eval_shape -> specs -> jit(out_shardings).
 
-    Returns (params, shardings) with logical boxes removed.
+    Returns (params, shardings) with logical boxes removed. Logical rules are switched off
+    while `init_fn` traces: flax's layers would otherwise constrain each fresh parameter by
+    its names, which flax rejects for repeated names (a conv kernel's ("kernel", "kernel", ...))
+    and which the explicit out_shardings make redundant.
     """
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = tree_shardings(abstract, mesh, rules)
-    params = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    with nn.logical_axis_rules(()):
+        abstract = jax.eval_shape(init_fn, *args)
+        shardings = tree_shardings(abstract, mesh, rules)
+        params = jax.jit(lambda *a: unbox_values(init_fn(*a)), out_shardings=shardings)(*args)
     return params, shardings
 
 

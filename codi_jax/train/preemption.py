@@ -3,7 +3,10 @@
 One process: a Python SIGTERM handler sets a flag that the loop reads after each step.
 Several processes: every host must save the same step, so the decision comes from
 JAX's preemption sync manager (started by `jax.distributed.initialize`, which watches
-SIGTERM itself and agrees on one step across hosts).
+SIGTERM itself and agrees on one step across hosts). A signal to any one host is enough:
+the coordination service tells the others, and every host stops at the step after the
+furthest one any host had reached, so none waits in a collective for a host that left
+(tests/test_train_multi.py signals both hosts, then only one).
 """
 from __future__ import annotations
 
