@@ -617,12 +617,8 @@ def _griffin_lim_waves(mels: np.ndarray, samples: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("vae", "vocoder", "samples"))
 def _decode_audio(vae_variables, vocoder_variables, z, *, vae, vocoder, samples: int):
     """Latents -> mel -> 16 kHz waves [B, samples] (the vocoder's tail beyond the mel frames dropped)."""
-    # One example at a time: the audio VAE's latent clipping looks at the whole batch's max |z|.
-    def one(zi):
-        mel = vae.apply(vae_variables, zi[None], method="from_latent")[..., 0]
-        return vocoder.apply(vocoder_variables, mel)[0, :samples]
-
-    return jax.vmap(one)(z)
+    mels = _decode_mel(vae_variables, z, vae=vae)
+    return jax.vmap(lambda m: vocoder.apply(vocoder_variables, m[None])[0, :samples])(mels)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_length", "greedy"))
