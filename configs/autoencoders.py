@@ -13,9 +13,10 @@ Variants:
   tiny  tests / CI: tiny networks, 16 px images, 0.256 s audio, 30 steps (the summed loss falls).
         GAN-free; --config.losses.adversarial=True adds tiny discriminators from step 10.
   cpu   the Shapes & Tones run: the CPU networks (codi_jax/train/defaults.py) at 32 px and 1.024 s audio:
-        image VAE (squared error, see the variant), audio VAE and Optimus, no vocoder (the run's sampling
-        inverts mels with Griffin-Lim), 500 steps, GAN-free (--config.losses.adversarial=True: tiny
-        discriminators from step 1000).
+        image VAE (squared error, see the variant) and audio VAE, 500 steps, carrying on Optimus from a
+        cpu_text run (init_from.autoencoders); no vocoder (the run's sampling inverts mels with
+        Griffin-Lim), GAN-free (--config.losses.adversarial=True: tiny discriminators from step 1000).
+  cpu_text  Optimus alone at the cpu settings, 3000 steps, for the cpu variant's init_from.autoencoders.
   full  the released sizes (SD kl-f8, AudioLDM VAE, HiFi-GAN 16k, Optimus BERT/GPT-2) on prepared
         records (set data.objectives.image_audio_text.path and real tokenizer paths), with the originals'
         adversarial losses and discriminators (LDM's PatchGAN from step 50001, HiFi-GAN's MPD + MSD from
@@ -66,8 +67,12 @@ def _losses(audio_frames: int, adversarial: bool, disc_start: int) -> ml_collect
 
 
 def get_config(variant: str = "tiny"):
+    if variant == "cpu_text":
+        return _cpu_text()
     c = base_config("autoencoders", "./workdirs/autoencoders")
     c.model.components = COMPONENTS
+    c.model.carried = ()              # components read from init_from.autoencoders and kept untrained
+    c.init_from.autoencoders = ""
     if variant in ("tiny", "cpu"):
         for name, preset in model_components(COMPONENTS, variant).items():
             c.model[name] = preset
@@ -89,7 +94,9 @@ def get_config(variant: str = "tiny"):
         c.losses = _losses(audio_frames=CPU_AUDIO_FRAMES, adversarial=False, disc_start=1000)
         # No vocoder: minutes of GAN-free CPU training leave a HiFi-GAN that loses the tones' harmonics, so
         # the run's sampling inverts mels with Griffin-Lim (configs/sample.py:cpu, mel_inversion).
-        c.model.components = ("image_vae", "audio_vae", "optimus")
+        # Optimus comes from the cpu_text run (init_from.autoencoders): its steps cost ~1 % of the VAEs' and it
+        # needs ~6x as many of them.
+        c.model.components, c.model.carried = ("image_vae", "audio_vae"), ("optimus",)
         # Shapes & Tones pictures are ~92 % black: L1 without LPIPS spends its gradient on the background and
         # the VAE settles on a grey blob at the right place (colour read back 35 %); the squared error weighs
         # the object's large errors and brings the colour back (100 % after 250 steps).
@@ -116,5 +123,18 @@ def get_config(variant: str = "tiny"):
         c.dtype = "bfloat16"
         c.mesh.data, c.mesh.fsdp = -1, 1
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/autoencoders.py; expected tiny, cpu or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/autoencoders.py; expected tiny, cpu, cpu_text "
+                         "or full")
+    return c
+
+
+def _cpu_text():
+    """Optimus alone for the cpu run (`model.carried` there): at 500 steps the CPU Optimus reconstructs the
+    caption template but not its attributes; 3000 steps (about a minute) with 2 nats of free bits per
+    latent dimension (its 16 dimensions must carry ~5.3 nats: color, shape, motion, template) do."""
+    c = get_config("cpu")
+    c.model.components, c.model.carried = ("optimus",), ()
+    c.losses.optimus_free_bits = 2.0
+    c.total_steps = c.checkpoint_every_steps = c.sample_every_steps = 3000
+    c.log_every_steps = 250
     return c

@@ -88,6 +88,9 @@ def get_config(variant: str = "tiny") -> ConfigDict:
         # Minutes of CPU training cannot make a HiFi-GAN that keeps the tones' harmonics (the run measures
         # its own accuracy on real mels); the mel round trip through Griffin-Lim keeps them.
         c.mel_inversion = "griffin_lim"
+        # The caption's most likely words: a minutes-trained Optimus still spreads some probability over
+        # neighbouring attribute words, which plain sampling would read out.
+        c.text_decoding = "greedy"
         c.batch_size = 50
     elif variant == "full":
         encoders = "released:checkpoints/CoDi_encoders.pth"

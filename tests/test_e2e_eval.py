@@ -64,7 +64,8 @@ def test_requests_are_valid_sampling_requests(exported):
     records = ste.build_requests(cells, folder, NUM, sampler="ddim", steps=2, guidance=3.0, seed=10)
     assert set(records) == {ste.MAIN, ste.OWN}
     assert len(records[ste.OWN]) == NUM
-    assert sum(len(r) for r in records.values()) == NUM * len(cells)
+    # Independent cells read the single cells' generations (same condition, same seed, so the same noise).
+    assert sum(len(r) for r in records.values()) == NUM * len([c for c in cells if not c.independent])
     ids = [r["id"] for recs in records.values() for r in recs]
     assert len(set(ids)) == len(ids)
     for record in records[ste.MAIN] + records[ste.OWN]:
@@ -74,9 +75,12 @@ def test_requests_are_valid_sampling_requests(exported):
                 assert pipeline.load_inputs(request).__getattribute__(modality) is not None
     by_id = {r["id"]: r for r in records[ste.MAIN]}
     joint = by_id["text-to-video_audio-0003"]
-    independent = by_id["text-to-video_audio.independent-0003"]
-    assert joint["seed"] == independent["seed"] == 13 and independent["independent"] is True
-    assert "independent" not in joint
+    twin = next(c for c in cells if c.independent and c.outputs == ("video", "audio"))
+    alone = [by_id[ste.request_id(twin.source(m), 3)] for m in twin.outputs]
+    assert [r["outputs"] for r in alone] == [["video"], ["audio"]]
+    assert joint["seed"] == alone[0]["seed"] == alone[1]["seed"] == 13
+    assert joint["text"] == alone[0]["text"] == alone[1]["text"]
+    assert not any(r.get("independent") for r in records[ste.MAIN])
     multi = by_id["audio_text-to-video-0001"]
     assert multi["text"] == (folder / "1" / "text.txt").read_text().strip()
     assert multi["audio"].endswith("1/audio.wav") and multi["outputs"] == ["video"]

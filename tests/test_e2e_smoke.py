@@ -37,6 +37,18 @@ def test_plan_hands_every_stage_its_earlier_workdirs(tmp_path):
     assert experiment.ABLATION_STAGE not in [p.name for p in experiment.plan(tmp_path, SMOKE, wiring_ablation=False)]
 
 
+def test_cpu_plan_trains_the_carried_optimus_first(tmp_path):
+    plans = experiment.plan(tmp_path, experiment.VARIANTS["cpu"])
+    first, autoencoders = plans[0], plans[1]
+    assert (first.name, first.spec) == (experiment.CARRIED_STAGE, "configs/autoencoders.py:cpu_text")
+    assert autoencoders.name == "autoencoders"
+    assert autoencoders.overrides["init_from.autoencoders"] == str(tmp_path / experiment.CARRIED_STAGE)
+    text = experiment.load_stage_config("autoencoders", "cpu_text")
+    carried = experiment.load_stage_config("autoencoders", "cpu").model.carried
+    assert tuple(text.model.components) == tuple(carried) == ("optimus",)
+    assert [p.name for p in plans[1:]] == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
+
+
 def test_finished_step_ignores_unfinished_saves(tmp_path):
     assert experiment.finished_step(tmp_path) is None
     (tmp_path / "checkpoints" / "4").mkdir(parents=True)

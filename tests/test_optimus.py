@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from codi_jax.convert import coverage, golden, registry
+from codi_jax.data import tokenizers
 from codi_jax.models import optimus
 from codi_jax.parallel.partitioning import tree_shardings
 
@@ -132,7 +133,7 @@ def test_filter_logits():
 
 
 def test_text_cleanup():
-    assert optimus.clean_text("<BOS> a a dog dog runs fast <EOS>") == "a dog runs fast"
+    assert optimus.clean_text("a a dog dog runs fast") == "a dog runs fast"
     assert optimus.remove_repeated_phrases("a cat on a mat a cat on a mat.") == "a cat on a mat."
     assert optimus.remove_repeated_phrases("the dog. the dog.") == "the dog."
     assert optimus.remove_repeated_phrases("(hello) (hello) world") == "(hello) world"
@@ -147,13 +148,23 @@ def test_tokenizer_helpers():
             return [[2] + [5] * len(t.split()) + [3] + [0] * (4 - len(t.split())) for t in texts]
 
         def decode(self, ids):
-            return " ".join({118: "<BOS>", 119: "<EOS>"}.get(i, f"w{i}") for i in ids)
+            return " ".join(f"w{i}" for i in ids if i not in (118, 119))
 
     tok = FakeTokenizer()
     ids = optimus.encoder_ids(tok, ["A Red Cube", "Hi"], max_length=16)
     assert tok.seen == ["a red cube", "hi"] and ids.shape == (2, 6)
     texts = optimus.decode_text(tok, [[118, 7, 7, 8, 119, 119]], [5])
     assert texts == ["w7 w8"]
+
+
+def test_decode_text_keeps_every_word():
+    # Our tokenizers drop <BOS>/<EOS> when decoding, so the original's first/last-word drop (its markers)
+    # must not eat the caption's own first and last words (the motion word ends most captions).
+    gpt2 = tokenizers.shapes_tones_tokenizer("gpt2")
+    caption = "one red triangle that slides left"
+    ids = gpt2.encode([caption], 16)[0]
+    length = int(np.argmax(ids == gpt2.eos_id)) + 1
+    assert optimus.decode_text(gpt2, [ids], [length]) == [caption]
 
 
 def test_bad_input(tiny):

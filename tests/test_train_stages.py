@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from codi_jax.train import freeze, loop
+from codi_jax.train.errors import ConfigError
 from codi_jax.train.defaults import load_config_file
 from codi_jax.train.stages.components import param_group
 
@@ -71,6 +72,31 @@ def test_autoencoders_tiny(tmp_path):
     # Almost every leaf moves (a few, e.g. embeddings of tokens that never occur, may not).
     for group, (changed, total) in groups.items():
         assert changed >= 0.9 * total, (group, changed, total)
+
+
+def test_autoencoders_carry_an_earlier_runs_component(tmp_path):
+    """model.carried: Optimus trained alone, then carried untouched through an image-VAE run, whose
+    checkpoint hands both on (the cpu run's text_vae -> autoencoders)."""
+    short = {"total_steps": 3, "log_every_steps": 1, "checkpoint_every_steps": 3, "sample_every_steps": 100}
+    text = load("autoencoders", **short, **{"model.components": ("optimus",)})
+    _, _, text_final, _ = run(text, tmp_path / "text")
+    optimus = {p: a for p, a in freeze.flatten(jax.device_get(text_final.full_params())).items()
+               if p.startswith("optimus")}
+    image = load("autoencoders", **short, **{"model.components": ("image_vae",), "model.carried": ("optimus",),
+                                              "init_from.autoencoders": str(tmp_path / "text")})
+    trainer, initial, final, _ = run(image, tmp_path / "image")
+    assert set(changed_groups(initial, final)) == {"image_vae:all", "optimus:all"}
+    assert changed_groups(initial, final)["optimus:all"][0] == 0
+    carried = freeze.flatten(jax.device_get(final.frozen))
+    assert set(carried) == set(optimus)
+    for path, array in optimus.items():
+        np.testing.assert_array_equal(carried[path], array, err_msg=path)
+    with pytest.raises(ConfigError, match="needs config.init_from.autoencoders"):
+        loop.Trainer(load("autoencoders", **{"model.components": ("image_vae",), "model.carried": ("optimus",)}),
+                     str(tmp_path / "bad"))
+    with pytest.raises(ConfigError, match="both in config.model.components and config.model.carried"):
+        loop.Trainer(load("autoencoders", **{"model.carried": ("optimus",), "init_from.autoencoders": "x"}),
+                     str(tmp_path / "bad2"))
 
 
 @pytest.mark.slow  # about 180 s: CLIP video + CLAP compile

@@ -8,7 +8,9 @@ A cell is one kind of generation scored over the first N examples of the test sp
               text -> video must take the motion from the text and the onset from the audio);
   joint       one input -> two outputs generated together: conditional accuracy of each output, and joint
               coherence (agreement on shared attributes, video + audio onset agreement), each next to the
-              same requests generated with `independent` (each output alone, same condition, same noise);
+              same requests generated with `independent` (each output alone, same condition, same noise:
+              exactly the single cells' generations of the same examples, so they are read from there
+              instead of generated twice);
   zero_shot   a joint pair that latent alignment never trained together;
   wiring      text -> video + audio from a second latent-alignment run with the released code's context
               wiring (`own`: each modality reads its own environment encoding), against the paper's
@@ -82,6 +84,13 @@ class Cell:
             title += " (wiring own)"
         return title
 
+    def source(self, modality: str) -> "Cell":
+        """The cell whose generations hold this cell's `modality` outputs. An independent output (generated
+        alone, from the same condition and seed, hence the same noise) is the single cell's generation."""
+        if self.independent:
+            return Cell("single", self.inputs, (modality,), pipeline=self.pipeline)
+        return self
+
 
 def _pair(outputs: Sequence[str]) -> frozenset:
     return frozenset(outputs)
@@ -149,19 +158,19 @@ def build_requests(cells: Sequence[Cell], inputs_dir, num: int, *, sampler: str,
                    guidance: float | None = None, seed: int = 0) -> dict[str, list[dict]]:
     """{pipeline name: request records} for `num` examples of every cell, in the sampling CLI's JSONL fields.
 
-    Example i gets seed `seed + i` in every cell, so a joint request and its independent twin start from
-    the same noise."""
+    Example i gets seed `seed + i` in every cell, so a joint request and its independent twin (the single
+    cells' requests, `Cell.source`) start from the same noise. Independent cells get no requests of their own."""
     inputs_dir = pathlib.Path(inputs_dir).resolve()
     records: dict[str, list[dict]] = {}
     for cell in cells:
+        if cell.independent:
+            continue
         for i in range(num):
             folder = inputs_dir / str(i)
             record = {"id": request_id(cell, i), "outputs": list(cell.outputs), "sampler": sampler,
                       "steps": int(steps), "seed": int(seed) + i}
             if guidance is not None:
                 record["guidance"] = float(guidance)
-            if cell.independent:
-                record["independent"] = True
             for modality in cell.inputs:
                 if modality == "text":
                     record["text"] = (folder / "text.txt").read_text().strip()
@@ -234,7 +243,7 @@ def decode_outputs(records: Sequence[Mapping], out_dir) -> dict[str, dict[str, d
 def score_cell(cell: Cell, attributes: Sequence[Mapping], decoded: Mapping[str, Mapping[str, Mapping]]) -> dict:
     """Scores of one cell over examples 0 .. len(attributes)-1: conditional accuracy per output (overall,
     per attribute, seen / unseen) and, for two outputs, joint coherence."""
-    outs = {m: [decoded[request_id(cell, i)][m] for i in range(len(attributes))] for m in cell.outputs}
+    outs = {m: [decoded[request_id(cell.source(m), i)][m] for i in range(len(attributes))] for m in cell.outputs}
     result = {"key": cell.key, "title": cell.title, "group": cell.group, "inputs": list(cell.inputs),
               "outputs": list(cell.outputs), "independent": cell.independent, "pipeline": cell.pipeline,
               "trained_together": cell.trained_together, "n": len(attributes),
@@ -524,10 +533,11 @@ def grid_rows(cells: Sequence[Cell], records: Mapping[str, Sequence[Mapping]], o
     for cell in cells:
         if not set(cell.outputs) & {"image", "video", "audio"} and len(cell.inputs) < 2:
             continue
-        record = by_id[request_id(cell, index)]
-        folder = pathlib.Path(out_dirs[cell.pipeline]) / record["id"]
+        ids = {m: request_id(cell.source(m), index) for m in cell.outputs}
+        record = by_id[ids[cell.outputs[0]]]
+        folder = pathlib.Path(out_dirs[cell.pipeline])
         condition = "; ".join(f'"{record["text"]}"' if m == "text" else f"{m} #{index}" for m in cell.inputs)
-        rows.append((f"{cell.title}: {condition}", {m: read_output(folder, m) for m in cell.outputs},
+        rows.append((f"{cell.title}: {condition}", {m: read_output(folder / ids[m], m) for m in cell.outputs},
                      input_tile(record)))
     return rows
 

@@ -36,6 +36,9 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAGES = ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm", "text_ldm", "latent_align")
 ABLATION_STAGE = "latent_align_own"
+# Where the autoencoders config carries components on (model.carried, the cpu run's Optimus), they are
+# trained first by its "<variant>_text" config in this stage, the autoencoders stage's init_from.autoencoders.
+CARRIED_STAGE = "text_vae"
 WIRING_KEY = "model.wiring"
 # The stage whose checkpoint the sampling pipeline takes each component from: the last one that trains it.
 COMPONENT_STAGES = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
@@ -92,12 +95,13 @@ def finished_step(workdir: pathlib.Path) -> int | None:
 class StagePlan:
     name: str
     config_name: str
+    config_variant: str
     overrides: dict
     workdir: pathlib.Path
 
     @property
     def spec(self) -> str:
-        return f"configs/{self.config_name}.py"
+        return f"configs/{self.config_name}.py:{self.config_variant}"
 
 
 def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) -> list[StagePlan]:
@@ -105,12 +109,15 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
     declares points at that earlier stage's workdir (other init_from entries keep their values)."""
     names = list(STAGES) + ([ABLATION_STAGE] if wiring_ablation else [])
     plans = []
+    if load_stage_config("autoencoders", variant.train).model.carried:
+        plans.append(StagePlan(CARRIED_STAGE, "autoencoders", f"{variant.train}_text", dict(variant.train_overrides),
+                               workdir / CARRIED_STAGE))
     for name in names:
         config_name = "latent_align" if name == ABLATION_STAGE else name
         config = load_stage_config(config_name, variant.train)
         overrides = dict(variant.train_overrides)
         for source in config.init_from.keys():
-            if source not in STAGES:
+            if source not in STAGES or source == config_name:  # its own: the carried stage's, below
                 continue
             if STAGES.index(source) >= STAGES.index(config_name):
                 raise ValueError(f"configs/{config_name}.py:{variant.train} takes init_from.{source}, which runs "
@@ -118,19 +125,21 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
             overrides[f"init_from.{source}"] = str(workdir / source)
         if name == ABLATION_STAGE:
             overrides[WIRING_KEY] = "own"
-        plans.append(StagePlan(name, config_name, overrides, workdir / name))
+        if name == "autoencoders" and plans:
+            overrides["init_from.autoencoders"] = str(plans[0].workdir)
+        plans.append(StagePlan(name, config_name, variant.train, overrides, workdir / name))
     return plans
 
 
 def run_stage(stage: StagePlan, variant: Variant, logs: pathlib.Path) -> tuple[bool, float, int]:
     """Train one stage through `python -m codi_jax.train`, its output in logs/<stage>.log; skipped when
     its final checkpoint exists. Returns (ran, wall seconds, total steps)."""
-    config = load_stage_config(stage.config_name, variant.train)
+    config = load_stage_config(stage.config_name, stage.config_variant)
     total = int(dict(variant.train_overrides).get("total_steps", config.total_steps))
     last = finished_step(stage.workdir)
     if last is not None and last >= total:
         return False, 0.0, total
-    command = [sys.executable, "-m", "codi_jax.train", f"--config={stage.spec}:{variant.train}",
+    command = [sys.executable, "-m", "codi_jax.train", f"--config={stage.spec}",
                f"--workdir={stage.workdir}"] + [f"--config.{k}={v}" for k, v in stage.overrides.items()]
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{stage.name}.log"
@@ -259,7 +268,7 @@ def train(stages: list[StagePlan], variant: Variant, workdir: pathlib.Path, timi
         else:
             _log(f"stage {stage.name}: final checkpoint (step {steps}) exists, skipped")
         wall = _format_seconds(timings[stage.name]) if stage.name in timings else "–"
-        rows.append({"name": stage.name, "config": f"{stage.spec}:{variant.train}", "steps": steps,
+        rows.append({"name": stage.name, "config": stage.spec, "steps": steps,
                      "wall_time": wall + ("" if ran or stage.name not in timings else " (earlier run)")})
     return rows
 

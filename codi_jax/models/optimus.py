@@ -39,9 +39,10 @@ GPT2_MASK_VALUE = -1e4
 MAX_DECODE_LENGTH = 30
 
 
-def _dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, use_bias: bool = True):
+def _dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, use_bias: bool = True,
+           std: float = 0.02):
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
@@ -85,22 +86,24 @@ class BertLayer(nn.Module):
     intermediate_size: int
     eps: float
     dtype: Dtype = jnp.float32
+    dense_init_std: float = 0.02
 
     @nn.compact
     def __call__(self, x, mask_bias):
         h = self.hidden_size
-        q = _split_heads(_dense(h, ("embed", "heads"), "query", self.dtype)(x), self.num_heads)
-        k = _split_heads(_dense(h, ("embed", "heads"), "key", self.dtype)(x), self.num_heads)
-        v = _split_heads(_dense(h, ("embed", "heads"), "value", self.dtype)(x), self.num_heads)
+        q = _split_heads(_dense(h, ("embed", "heads"), "query", self.dtype, std=self.dense_init_std)(x), self.num_heads)
+        k = _split_heads(_dense(h, ("embed", "heads"), "key", self.dtype, std=self.dense_init_std)(x), self.num_heads)
+        v = _split_heads(_dense(h, ("embed", "heads"), "value", self.dtype, std=self.dense_init_std)(x), self.num_heads)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / np.sqrt(h // self.num_heads)
         probs = jax.nn.softmax(scores + mask_bias, axis=-1).astype(v.dtype)
         context = _merge_heads(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
         x = _layer_norm(self.eps, "attention_norm", self.dtype)(
-            _dense(h, ("heads", "embed"), "attention_out", self.dtype)(context) + x)
-        inner = nn.gelu(_dense(self.intermediate_size, ("embed", "mlp"), "intermediate", self.dtype)(x),
+            _dense(h, ("heads", "embed"), "attention_out", self.dtype, std=self.dense_init_std)(context) + x)
+        inner = nn.gelu(_dense(self.intermediate_size, ("embed", "mlp"), "intermediate", self.dtype,
+                               std=self.dense_init_std)(x),
                         approximate=False)
         return _layer_norm(self.eps, "output_norm", self.dtype)(
-            _dense(h, ("mlp", "embed"), "output", self.dtype)(inner) + x)
+            _dense(h, ("mlp", "embed"), "output", self.dtype, std=self.dense_init_std)(inner) + x)
 
 
 class BertEncoder(nn.Module):
@@ -114,6 +117,9 @@ class BertEncoder(nn.Module):
     latent_size: int = 768
     layer_norm_eps: float = 1e-12
     dtype: Dtype = jnp.float32
+    # BERT's / GPT-2's initializer_range; their 0.02 suits width 768, a 32-wide network from scratch needs
+    # more (at 0.02 the tiny encoder passed on only the caption's first word after 3000 steps).
+    dense_init_std: float = 0.02
 
     @nn.compact
     def __call__(self, ids):
@@ -131,9 +137,10 @@ class BertEncoder(nn.Module):
         mask_bias = jnp.where(ids > 0, 0.0, BERT_MASK_VALUE).astype(jnp.float32)[:, None, None, :]
         for i in range(self.num_layers):
             x = BertLayer(h, self.num_heads, self.intermediate_size, self.layer_norm_eps, self.dtype,
-                          name=f"layer_{i}")(x, mask_bias)
-        pooled = jnp.tanh(_dense(h, ("embed", "mlp"), "pooler", self.dtype)(x[:, 0]))
-        stats = _dense(2 * self.latent_size, ("embed", "mlp"), "linear", self.dtype, use_bias=False)(pooled)
+                          self.dense_init_std, name=f"layer_{i}")(x, mask_bias)
+        pooled = jnp.tanh(_dense(h, ("embed", "mlp"), "pooler", self.dtype, std=self.dense_init_std)(x[:, 0]))
+        stats = _dense(2 * self.latent_size, ("embed", "mlp"), "linear", self.dtype, use_bias=False,
+                       std=self.dense_init_std)(pooled)
         mu, logvar = jnp.split(stats.astype(jnp.float32), 2, axis=-1)
         return x, pooled, mu, logvar
 
@@ -147,12 +154,14 @@ class GPT2Block(nn.Module):
     num_heads: int
     eps: float
     dtype: Dtype = jnp.float32
+    dense_init_std: float = 0.02
 
     @nn.compact
     def __call__(self, x, cache, start, valid):
         """x [B, l, H] at cache slots start+1 .. start+l; cache (k, v) [B, heads, S, hd]; valid [l, S]."""
         h = self.hidden_size
-        qkv = _dense(3 * h, ("embed", "heads"), "c_attn", self.dtype)(_layer_norm(self.eps, "ln_1", self.dtype)(x))
+        qkv = _dense(3 * h, ("embed", "heads"), "c_attn", self.dtype, std=self.dense_init_std)(
+            _layer_norm(self.eps, "ln_1", self.dtype)(x))
         q, k, v = (_split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
         k_cache, v_cache = cache
         k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start + 1, axis=2)
@@ -161,10 +170,10 @@ class GPT2Block(nn.Module):
         scores = jnp.where(valid, scores / np.sqrt(h // self.num_heads), GPT2_MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         attn = _merge_heads(jnp.einsum("bhqk,bhkd->bhqd", probs, v_cache.astype(self.dtype)))
-        x = x + _dense(h, ("heads", "embed"), "c_proj", self.dtype)(attn)
+        x = x + _dense(h, ("heads", "embed"), "c_proj", self.dtype, std=self.dense_init_std)(attn)
         m = _layer_norm(self.eps, "ln_2", self.dtype)(x)
-        m = nn.gelu(_dense(4 * h, ("embed", "mlp"), "c_fc", self.dtype)(m), approximate=True)
-        x = x + _dense(h, ("mlp", "embed"), "mlp_c_proj", self.dtype)(m)
+        m = nn.gelu(_dense(4 * h, ("embed", "mlp"), "c_fc", self.dtype, std=self.dense_init_std)(m), approximate=True)
+        x = x + _dense(h, ("mlp", "embed"), "mlp_c_proj", self.dtype, std=self.dense_init_std)(m)
         return x, (k_cache, v_cache)
 
 
@@ -177,6 +186,7 @@ class GPT2Decoder(nn.Module):
     latent_size: int = 768
     layer_norm_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    dense_init_std: float = 0.02  # as BertEncoder's
 
     @property
     def bos_id(self) -> int:
@@ -190,10 +200,12 @@ class GPT2Decoder(nn.Module):
         h = self.hidden_size
         self.wte = _embed(self.vocab_size, h, ("vocab", "embed"), None, self.dtype)
         self.wpe = _embed(self.n_positions, h, ("pos", "embed"), None, self.dtype)
-        self.h = [GPT2Block(h, self.num_heads, self.layer_norm_eps, self.dtype) for _ in range(self.num_layers)]
+        self.h = [GPT2Block(h, self.num_heads, self.layer_norm_eps, self.dtype, self.dense_init_std)
+                  for _ in range(self.num_layers)]
         self.ln_f = _layer_norm(self.layer_norm_eps, None, self.dtype)
-        self.linear = _dense(self.num_layers * h, ("embed", "mlp"), None, self.dtype, use_bias=False)
-        self.linear_emb = _dense(h, ("mlp", "embed"), None, self.dtype, use_bias=False)
+        self.linear = _dense(self.num_layers * h, ("embed", "mlp"), None, self.dtype, use_bias=False,
+                             std=self.dense_init_std)
+        self.linear_emb = _dense(h, ("mlp", "embed"), None, self.dtype, use_bias=False, std=self.dense_init_std)
 
     def init_cache(self, latent, length: int):
         """Per-layer (k, v) [B, heads, length, hd]: slot 0 holds the latent's memory token, the rest zeros."""
@@ -399,16 +411,19 @@ def remove_repeated_phrases(text: str) -> str:
 
 
 def clean_text(decoded: str, repeated_phrases: bool = True) -> str:
-    """CoDi's cleanup of a decoded <BOS> ... <EOS> string: drop the first and last whitespace-separated
-    words, merge adjacent duplicate words, then (optionally) `remove_repeated_phrases`."""
-    words = decoded.split()[1:-1]
+    """CoDi's cleanup of a decoded text: merge adjacent duplicate words, then (optionally)
+    `remove_repeated_phrases`. The original also drops the first and last whitespace-separated words: those
+    are its <BOS> / <EOS> markers (it decodes with special tokens kept), which our tokenizers' `decode`
+    already leaves out, so `decoded` here is the marker-free text."""
+    words = decoded.split()
     merged = [w for i, w in enumerate(words) if i == 0 or w != words[i - 1]]
     text = " ".join(merged)
     return remove_repeated_phrases(text) if repeated_phrases else text
 
 
 def decode_text(tokenizer, tokens, lengths, repeated_phrases: bool = True) -> list[str]:
-    """Texts from `generate`'s output; `tokenizer.decode(list_of_ids) -> str` (GPT-2 with <BOS>/<EOS>)."""
+    """Texts from `generate`'s output; `tokenizer.decode(list_of_ids) -> str` skips the special tokens
+    (<BOS>, <EOS>, <PAD>), as codi_jax.data.tokenizers' do."""
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     return [clean_text(tokenizer.decode(row[:n].tolist()), repeated_phrases) for row, n in zip(tokens, lengths)]
 

@@ -98,8 +98,11 @@ _TINY = {
 # on 32 px images / video frames and 1.024 s audio cut to 96 mel frames, so latents are 8x8x4 (image, each
 # video frame) and 24x16x8 (audio) and every stage fits a 2-core machine. The VAEs' GroupNorms keep 4 channels
 # per group, as SD's (128 channels, 32 groups); the audio VAE is 16 wide, at full mel size the costliest net.
+# Optimus' dense layers start wider than BERT's / GPT-2's 0.02 (see optimus.BertEncoder.dense_init_std).
 _CPU = {**_TINY, "image_vae": ("tiny", {"ch_mult": (1, 2, 2), "norm_groups": 8}),
-        "audio_vae": ("audio_tiny", {"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 4})}
+        "audio_vae": ("audio_tiny", {"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 4}),
+        "optimus": ("tiny", {"encoder": {"dense_init_std": 0.15},
+                             "decoder": {"vocab_size": 30, "dense_init_std": 0.15}})}
 CPU_RESOLUTION = 32
 CPU_AUDIO_FRAMES = 96
 _FULL = {"clip": "full", "clap": "full", "image_vae": "full", "audio_vae": "audio_full", "vocoder": "full",

@@ -1,7 +1,9 @@
 """`autoencoders`: the image KL-VAE, the audio mel VAE, the HiFi-GAN vocoder and the Optimus text VAE.
 
 Every component named in `config.model.components` trains on each batch (one data objective
-carrying all the modalities they need; train one component per run by naming only it).
+carrying all the modalities they need; train one component per run by naming only it). Those named in
+`config.model.carried` are read from `config.init_from.autoencoders` and kept as they are, so this run's
+checkpoint hands them on too.
 Reconstruction losses:
 - image / audio VAE (LDM's weighting, divided through by the input size): mean |x - x_hat| (or the
   squared error: losses.reconstruction.<vae> = "l2")
@@ -41,7 +43,7 @@ from codi_jax.models import discriminators
 from codi_jax.models.discriminators import HifiGanDiscriminator, PatchDiscriminator
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages import adversarial
-from codi_jax.train.stages.base import Stage, require_choice
+from codi_jax.train.stages.base import Pretrained, Stage, require_choice
 from codi_jax.train.stages.components import Networks, trainable_predicate
 
 AUTOENCODERS = ("image_vae", "audio_vae", "vocoder", "optimus")
@@ -96,9 +98,20 @@ class AutoencodersStage(Stage):
             require_choice(config.losses.reconstruction[name], ("l1", "l2"), f"losses.reconstruction.{name}")
         if not self.components:
             raise ConfigError("config.model.components is empty; name at least one of " + str(list(AUTOENCODERS)))
+        # Components read from init_from.autoencoders and carried into this run's checkpoint untrained, so one
+        # workdir hands every autoencoder on (e.g. Optimus, trained alone for more of its cheap steps first).
+        self.carried = tuple(config.model.get("carried", ()))
+        for name in self.carried:
+            require_choice(name, AUTOENCODERS, "carried autoencoder")
+            if name in self.components:
+                raise ConfigError(f"{name!r} is both in config.model.components and config.model.carried")
+        if self.carried and not config.init_from.get("autoencoders"):
+            raise ConfigError(f"config.model.carried {list(self.carried)} needs config.init_from.autoencoders "
+                              "(the workdir that trained them)")
         losses = config.losses
         dtype = jnp.dtype(config.dtype)
-        self.networks = Networks(config.model, self.components, dtype=dtype, remat_policy=config.remat_policy)
+        self.networks = Networks(config.model, self.components + self.carried, dtype=dtype,
+                                 remat_policy=config.remat_policy)
         self.discriminators = {}
         if losses.adversarial:
             for name in self.components:
@@ -152,6 +165,9 @@ class AutoencodersStage(Stage):
 
     def is_trainable(self, path: str) -> bool:
         return self._trainable(path)
+
+    def pretrained(self):
+        return [Pretrained(self.config.init_from.autoencoders, name, name) for name in self.carried]
 
     def dataset(self, *, global_batch_size, process_index, process_count, seed):
         return pipeline.make_dataset(self.config.data, global_batch_size=global_batch_size,
