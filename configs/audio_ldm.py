@@ -10,7 +10,7 @@ conditioned on the frozen CLIP text encoding (10% dropout to CLIP("")). Trains t
 Variants:
   tiny  tests / CI: tiny networks, 0.256 s of audio (24 mel frames -> 12x32x8 latents), 30 steps;
         the eps-MSE falls.
-  cpu   Shapes & Tones, 1.024 s cut to 96 mel frames (24x16x8 latents), the CPU networks, 250 steps.
+  cpu   Shapes & Tones, 1.024 s cut to 96 mel frames (24x16x8 latents), the CPU networks, 350 steps.
   full  the released audio UNet, AudioLDM VAE and CLIP on 10.24 s clips (1024 frames -> 8x256x16
         latents) from prepared text-audio records; bf16 compute, remat.
 """
@@ -36,8 +36,8 @@ def get_config(variant: str = "tiny"):
     elif variant == "cpu":
         c.data = shapes_tones_data(["text_audio"], resolution=16, audio_samples=16384, text_lengths={"clip": 16})
         c.model.audio_frames = CPU_AUDIO_FRAMES
-        c.total_steps, c.batch_size = 250, 32
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 250, 250
+        c.total_steps, c.batch_size = 350, 32
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 350, 350
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 25
     elif variant == "full":
         c.data = shapes_tones_data(["text_audio"], resolution=16, audio_samples=163840, text_lengths={"clip": 77})

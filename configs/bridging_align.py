@@ -11,7 +11,7 @@ TensorBoard shows each pair's loss, retrieval accuracy and temperature.
 Variants:
   tiny  tests / CI: tiny CLIP and CLAP from scratch (every tower trains), 16 px, 4 frames, 0.256 s
         audio, 30 steps: the summed loss falls.
-  cpu   the Shapes & Tones run, tiny networks from scratch at 32 px, 8 frames, 1.024 s, 300 steps.
+  cpu   the Shapes & Tones run, tiny networks from scratch at 32 px, 8 frames, 1.024 s, 600 steps.
   full  the paper's setting: released-size CLIP ViT-L/14 (+ temporal layers) and CLAP HTSAT-large;
         CLIP's text and image towers frozen (load them with init_from.clip_from = a workdir holding
         converted weights), CLAP and the temporal layers trained on text-audio and text-video records.
@@ -38,8 +38,8 @@ def get_config(variant: str = "tiny"):
     elif variant == "cpu":
         c.data = shapes_tones_data(["text_image_video_audio"], resolution=CPU_RESOLUTION, num_frames=8, audio_samples=16384,
                                    text_lengths={"clip": 16})
-        c.total_steps, c.batch_size = 300, 32
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 300, 300
+        c.total_steps, c.batch_size = 600, 32
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 600, 600
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 30
     elif variant == "full":
         c.model.clip = component("full")

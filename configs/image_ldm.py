@@ -11,7 +11,7 @@ latent_align. TensorBoard: eps_mse, and DDIM samples (10 steps, guidance 7.5) as
 
 Variants:
   tiny  tests / CI: tiny networks, 16 px images (8x8 latents), 30 steps; the eps-MSE falls.
-  cpu   Shapes & Tones at 32 px (8x8x4 latents) on the CPU networks, 400 steps.
+  cpu   Shapes & Tones at 32 px (8x8x4 latents) on the CPU networks, 600 steps.
   full  the released image UNet (1.77B with its video / env / joint layers), SD VAE and CLIP
         ViT-L/14 at 256 px on prepared text-image records; bf16 compute, remat.
 """
@@ -36,8 +36,8 @@ def get_config(variant: str = "tiny"):
         c.ema_decay = 0.0
     elif variant == "cpu":
         c.data = shapes_tones_data(["text_image"], resolution=CPU_RESOLUTION, text_lengths={"clip": 16})
-        c.total_steps, c.batch_size = 400, 64
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 400, 400
+        c.total_steps, c.batch_size = 600, 64
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 600, 600
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 40
     elif variant == "full":
         c.data = shapes_tones_data(["text_image"], resolution=256, text_lengths={"clip": 77})

@@ -15,7 +15,7 @@ Variants:
         init_from.image_ldm the UNet is random and its zero-initialised output conv passes no
         gradient to the temporal layers, so this variant trains base + temporal from scratch;
         with init_from.image_ldm set, train temporal only (--config.model.trainable=...).
-  cpu   Shapes & Tones, 8 frames of 32 px (8x8x8x4 latents), the CPU networks, 250 steps.
+  cpu   Shapes & Tones, 8 frames of 32 px (8x8x8x4 latents), the CPU networks, 350 steps.
   full  the released image+video UNet, 8 frames of 256 px (4x8x32x32 latents) on prepared
         text-video records; bf16 compute, full remat.
 """
@@ -41,8 +41,8 @@ def get_config(variant: str = "tiny"):
         c.ema_decay = 0.0
     elif variant == "cpu":
         c.data = shapes_tones_data(["text_video"], resolution=CPU_RESOLUTION, num_frames=8, text_lengths={"clip": 16})
-        c.total_steps, c.batch_size = 250, 16
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 250, 250
+        c.total_steps, c.batch_size = 350, 16
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 350, 350
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 25
     elif variant == "full":
         c.data = shapes_tones_data(["text_video"], resolution=256, num_frames=8, text_lengths={"clip": 77})

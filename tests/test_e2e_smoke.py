@@ -37,16 +37,23 @@ def test_plan_hands_every_stage_its_earlier_workdirs(tmp_path):
     assert experiment.ABLATION_STAGE not in [p.name for p in experiment.plan(tmp_path, SMOKE, wiring_ablation=False)]
 
 
-def test_cpu_plan_trains_the_carried_optimus_first(tmp_path):
+def test_cpu_plan_trains_the_carried_autoencoders_first(tmp_path):
     plans = experiment.plan(tmp_path, experiment.VARIANTS["cpu"])
-    first, autoencoders = plans[0], plans[1]
-    assert (first.name, first.spec) == (experiment.CARRIED_STAGE, "configs/autoencoders.py:cpu_text")
+    text, image, autoencoders = plans[:3]
+    assert [(p.name, p.spec) for p in (text, image)] == [("text_vae", "configs/autoencoders.py:cpu_text"),
+                                                          ("image_vae", "configs/autoencoders.py:cpu_image")]
+    assert "init_from.autoencoders" not in text.overrides
+    assert image.overrides["init_from.autoencoders"] == str(tmp_path / "text_vae")
     assert autoencoders.name == "autoencoders"
-    assert autoencoders.overrides["init_from.autoencoders"] == str(tmp_path / experiment.CARRIED_STAGE)
-    text = experiment.load_stage_config("autoencoders", "cpu_text")
-    carried = experiment.load_stage_config("autoencoders", "cpu").model.carried
-    assert tuple(text.model.components) == tuple(carried) == ("optimus",)
-    assert [p.name for p in plans[1:]] == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
+    assert autoencoders.overrides["init_from.autoencoders"] == str(tmp_path / "image_vae")
+    # Each run trains what the next one carries; the autoencoders run ends up holding every component.
+    carried = set()
+    for p in plans[:3]:
+        config = experiment.load_stage_config("autoencoders", p.config_variant)
+        assert set(config.model.carried) == carried
+        carried |= set(config.model.components)
+    assert carried == {"optimus", "image_vae", "audio_vae"}
+    assert [p.name for p in plans[2:]] == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
 
 
 def test_finished_step_ignores_unfinished_saves(tmp_path):

@@ -7,8 +7,10 @@ runs, in order, each stage's config variant (`cpu`, or `tiny` for smoke) through
 in WORKDIR/<stage>, handing every finished stage's workdir to the later stages that take it
 (`config.init_from.<stage>`):
   autoencoders -> bridging_align -> image_ldm -> video_ldm -> audio_ldm -> text_ldm -> latent_align,
-plus latent_align_own, the same latent alignment with the released code's context wiring (`own`) for the
-wiring ablation. Then `codi_jax.eval.shapes_tones_eval` generates every cell through `python -m
+preceded in the cpu run by text_vae -> image_vae (configs/autoencoders.py:cpu_text, cpu_image: Optimus
+and the image VAE trained on their own, each run carrying the earlier ones on, the last one handed to
+autoencoders as its init_from.autoencoders), plus latent_align_own, the same latent alignment with the
+released code's context wiring (`own`) for the wiring ablation. Then `codi_jax.eval.shapes_tones_eval` generates every cell through `python -m
 codi_jax.sample --batch` (the sampling configs are written to WORKDIR/eval/sample_*.json) and scores it.
 The report goes to docs/results.md + docs/results_grid.png for `cpu`, WORKDIR/report/ for `smoke`.
 
@@ -36,9 +38,6 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAGES = ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm", "text_ldm", "latent_align")
 ABLATION_STAGE = "latent_align_own"
-# Where the autoencoders config carries components on (model.carried, the cpu run's Optimus), they are
-# trained first by its "<variant>_text" config in this stage, the autoencoders stage's init_from.autoencoders.
-CARRIED_STAGE = "text_vae"
 WIRING_KEY = "model.wiring"
 # The stage whose checkpoint the sampling pipeline takes each component from: the last one that trains it.
 COMPONENT_STAGES = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
@@ -55,10 +54,14 @@ class Variant:
     steps: int
     report_in_docs: bool
     train_overrides: tuple = ()     # extra --config.key=value for every stage
+    # (stage, configs/autoencoders.py variant) runs before `autoencoders`, each training components alone that
+    # the next one carries on (model.carried): each one's workdir is the next one's init_from.autoencoders.
+    autoencoder_chain: tuple = ()
 
 
 VARIANTS = {
-    "cpu": Variant(train="cpu", sample="cpu", num_examples=200, sampler="dpmpp_2m", steps=10, report_in_docs=True),
+    "cpu": Variant(train="cpu", sample="cpu", num_examples=200, sampler="dpmpp_2m", steps=10, report_in_docs=True,
+                   autoencoder_chain=(("text_vae", "cpu_text"), ("image_vae", "cpu_image"))),
     # Each tiny stage is cut to two steps: the smoke run checks that the stages hand over and that the
     # evaluation generates, reads, scores and reports, not what the tiny models learn.
     "smoke": Variant(train="tiny", sample="tiny", num_examples=2, sampler="ddim", steps=2, report_in_docs=False,
@@ -109,15 +112,17 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
     declares points at that earlier stage's workdir (other init_from entries keep their values)."""
     names = list(STAGES) + ([ABLATION_STAGE] if wiring_ablation else [])
     plans = []
-    if load_stage_config("autoencoders", variant.train).model.carried:
-        plans.append(StagePlan(CARRIED_STAGE, "autoencoders", f"{variant.train}_text", dict(variant.train_overrides),
-                               workdir / CARRIED_STAGE))
+    for name, config_variant in variant.autoencoder_chain:
+        overrides = dict(variant.train_overrides)
+        if plans:
+            overrides["init_from.autoencoders"] = str(plans[-1].workdir)
+        plans.append(StagePlan(name, "autoencoders", config_variant, overrides, workdir / name))
     for name in names:
         config_name = "latent_align" if name == ABLATION_STAGE else name
         config = load_stage_config(config_name, variant.train)
         overrides = dict(variant.train_overrides)
         for source in config.init_from.keys():
-            if source not in STAGES or source == config_name:  # its own: the carried stage's, below
+            if source not in STAGES or source == config_name:  # its own: the chain's last run, below
                 continue
             if STAGES.index(source) >= STAGES.index(config_name):
                 raise ValueError(f"configs/{config_name}.py:{variant.train} takes init_from.{source}, which runs "
@@ -126,7 +131,7 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
         if name == ABLATION_STAGE:
             overrides[WIRING_KEY] = "own"
         if name == "autoencoders" and plans:
-            overrides["init_from.autoencoders"] = str(plans[0].workdir)
+            overrides["init_from.autoencoders"] = str(plans[-1].workdir)
         plans.append(StagePlan(name, config_name, variant.train, overrides, workdir / name))
     return plans
 
