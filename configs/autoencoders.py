@@ -145,7 +145,7 @@ def _cpu_alone(variant: str):
         c.log_every_steps = 250
     else:
         # Shapes appear as the squared error falls from ~0.01 to ~0.004: 500 steps of lr 2e-3 decayed to zero
-        # stop at 0.0087 (shape read back 56 %); 800 go further.
+        # stop at 0.0087 (shape read back 56 %), 800 at 0.0027 (98 % on 96 test pictures).
         c.model.components, c.model.carried = ("image_vae",), ("optimus",)
         c.optim.learning_rate = 2e-3
         c.total_steps = c.checkpoint_every_steps = c.sample_every_steps = 800
