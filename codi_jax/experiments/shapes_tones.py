@@ -18,9 +18,10 @@ Resumable: a stage whose final checkpoint exists is skipped, and generations alr
 Per-stage wall times are printed and kept in WORKDIR/timings.json (so a resumed run still reports them);
 each stage's log is WORKDIR/logs/<stage>.log.
 
-Time on a shared 2-core machine: smoke about 20 minutes (8 stages of 1-5 minutes each, nearly all of it
-XLA compiling, then 2-3 minutes of evaluation); cpu about 78 minutes (stages 1-9 minutes each, then about
-40 minutes generating 200 examples x 27 cells); the report states each stage's and the evaluation's time.
+Time on a 2-core machine: smoke about 20 minutes (8 stages of 1-5 minutes each, nearly all of it XLA
+compiling, then 2-3 minutes of evaluation); cpu about 87 minutes (10 stages of 2-10 minutes, 57 minutes in
+all, then 30 minutes generating 200 examples for 22 of the 27 cells: the 5 independent baselines are read
+from the single cells); the report states each stage's and the evaluation's time.
 """
 from __future__ import annotations
 
@@ -299,6 +300,7 @@ def main(argv=None) -> int:
     ablation = not args.no_wiring_ablation
     workdir = pathlib.Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    code = _git_commit()  # before the report's own files change the tree
     command = "python -m codi_jax.experiments.shapes_tones " + " ".join(argv if argv is not None else sys.argv[1:])
     timings_path = workdir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
@@ -346,7 +348,7 @@ def main(argv=None) -> int:
                               + "; ".join(f"`python -m codi_jax.sample --config {spec} --batch "
                                           f"{workdir / 'eval' / f'requests_{name}.jsonl'} --out "
                                           f"{workdir / 'eval' / f'outputs_{name}'}`" for name, spec in specs.items()),
-                "versions": versions(), "code": _git_commit(), "machine": machine(),
+                "versions": versions(), "code": code, "machine": machine(),
                 "workdir": f"`{workdir}` (stage logs in logs/, generations in eval/outputs_*/)"},
         "stages": rows,
     }
