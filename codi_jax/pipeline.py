@@ -300,13 +300,13 @@ TRAINING_NAMES = {**{name: name for name in COMPONENTS}, "autokl": "image_vae"}
 RELEASED_CONVERTERS = {"clip": "clip", "clap": "clap_audio", "optimus": "optimus", "autokl": "image_autoencoder_kl",
                        "audio_vae": "audio_autoencoder_kl", "vocoder": "hifigan_generator",
                        "unet_image": "unet_video", "unet_text": "unet_text", "unet_audio": "unet_audio"}
-# Independent random streams drawn from one request's seed: the initial noise of each output modality
-# (so a modality starts from the same noise whatever else is generated), the text decoder's draws,
-# and CLAP's crop of audio longer than its clip.
 # Mel -> wave for generated audio: the trained HiFi-GAN ("vocoder", the original's path) or mel inversion +
 # Griffin-Lim ("griffin_lim", no learned weights: for runs too short to train a vocoder, e.g. on a CPU).
 MEL_INVERSIONS = ("vocoder", "griffin_lim")
 GRIFFIN_LIM_ITERATIONS = 8
+# Independent random streams drawn from one request's seed: the initial noise of each output modality
+# (so a modality starts from the same noise whatever else is generated), the text decoder's draws,
+# and CLAP's crop of audio longer than its clip.
 _STREAMS = {"text": 0, "image": 1, "video": 2, "audio": 3, "text_decoding": 4, "audio_crop": 5}
 
 
@@ -656,8 +656,9 @@ class CoDiPipeline:
 
     def __init__(self, config, networks: Networks, variables: Mapping[str, Any], sources: Mapping[str, str],
                  tokenizers: Mapping[str, Any]):
-        if config.get("mel_inversion", "vocoder") not in MEL_INVERSIONS:
-            raise ConfigError(f"mel_inversion: {config.mel_inversion!r} is not one of {list(MEL_INVERSIONS)}")
+        self.mel_inversion = config.get("mel_inversion", "vocoder")
+        if self.mel_inversion not in MEL_INVERSIONS:
+            raise ConfigError(f"mel_inversion: {self.mel_inversion!r} is not one of {list(MEL_INVERSIONS)}")
         self.config = config
         self.nets = networks
         self.variables = dict(variables)
@@ -822,7 +823,7 @@ class CoDiPipeline:
         nets, v = self.nets, self.variables
         if modality in ("image", "video"):
             return np.asarray(_decode_pixels(v["autokl"], z, model=nets.autokl))
-        if modality == "audio" and self.config.get("mel_inversion", "vocoder") == "griffin_lim":
+        if modality == "audio" and self.mel_inversion == "griffin_lim":
             return _griffin_lim_waves(np.asarray(_decode_mel(v["audio_vae"], z, vae=nets.audio_vae)),
                                       self.output_shapes["audio"][0])
         if modality == "audio":
@@ -840,7 +841,7 @@ class CoDiPipeline:
         """The run's settings, as request.json records them next to the request."""
         return {"config": self.config.variant, "components": dict(self.sources), "wiring": self.wiring,
                 "aliased_skip": self.aliased_skip, "batch_size": int(self.config.batch_size),
-                "mel_inversion": self.config.get("mel_inversion", "vocoder"),
+                "mel_inversion": self.mel_inversion,
                 "text_decoding": self.config.text_decoding, "image_shape": list(self.output_shapes["image"]),
                 "video_shape": list(self.output_shapes["video"]), "video_fps": float(self.config.video_fps),
                 "audio_seconds": self.output_shapes["audio"][0] / media.AUDIO_RATE,

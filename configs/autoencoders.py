@@ -138,7 +138,8 @@ def _cpu_alone(variant: str):
     if variant == "cpu_text":
         # At 500 steps the CPU Optimus reconstructs the caption template but not its attributes; 3000 steps
         # (about a minute) with 2 nats of free bits per latent dimension (its 16 must carry ~5.3 nats:
-        # color, shape, motion, template) read back 100 % of them on seen combinations.
+        # color, shape, motion, template) read back all three on 210 of 210 seen test captions (the 46 of the
+        # unseen color-shape pairs: color 37 %, shape 48 %, motion 87 %).
         c.model.components, c.model.carried = ("optimus",), ()
         c.losses.optimus_free_bits = 2.0
         c.total_steps = c.checkpoint_every_steps = c.sample_every_steps = 3000

@@ -36,8 +36,8 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 3
         c.ema_decay = 0.0
     elif variant == "cpu":
-        c.data = shapes_tones_data(["text_image_video_audio"], resolution=CPU_RESOLUTION, num_frames=8, audio_samples=16384,
-                                   text_lengths={"clip": 16})
+        c.data = shapes_tones_data(["text_image_video_audio"], resolution=CPU_RESOLUTION, num_frames=8,
+                                   audio_samples=16384, text_lengths={"clip": 16})
         c.total_steps, c.batch_size = 600, 32
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 600, 600
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 30

@@ -141,6 +141,18 @@ def test_text_cleanup():
     assert optimus.remove_repeated_phrases("") == ""
 
 
+def test_dense_init_std():
+    """dense_init_std sets every dense kernel's init (the CPU preset's 0.15; the original's 0.02 by default)."""
+    enc, dec = dict(optimus.CONFIGS["tiny"]["encoder"]), dict(optimus.CONFIGS["tiny"]["decoder"])
+    for std in (0.02, 0.15):
+        model = optimus.build({"encoder": {**enc, "dense_init_std": std}, "decoder": {**dec, "dense_init_std": std}})
+        params = jax.jit(model.init)(jax.random.key(0), jnp.ones((2, 8), jnp.int32), jnp.ones((2, 8), jnp.int32))
+        kernels = [np.ravel(v) for p, v in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(params))
+                   if "kernel" in jax.tree_util.keystr(p)]
+        assert len(kernels) > 20
+        np.testing.assert_allclose(np.std(np.concatenate(kernels)), std, rtol=0.05)
+
+
 def test_tokenizer_helpers():
     class FakeTokenizer:
         def encode(self, texts, max_length):

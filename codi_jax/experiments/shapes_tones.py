@@ -10,8 +10,9 @@ in WORKDIR/<stage>, handing every finished stage's workdir to the later stages t
 preceded in the cpu run by text_vae -> image_vae (configs/autoencoders.py:cpu_text, cpu_image: Optimus
 and the image VAE trained on their own, each run carrying the earlier ones on, the last one handed to
 autoencoders as its init_from.autoencoders), plus latent_align_own, the same latent alignment with the
-released code's context wiring (`own`) for the wiring ablation. Then `codi_jax.eval.shapes_tones_eval` generates every cell through `python -m
-codi_jax.sample --batch` (the sampling configs are written to WORKDIR/eval/sample_*.json) and scores it.
+released code's context wiring (`own`) for the wiring ablation. Then `codi_jax.eval.shapes_tones_eval`
+generates every cell through `python -m codi_jax.sample --batch` (the sampling configs are written to
+WORKDIR/eval/sample_*.json) and scores it.
 The report goes to docs/results.md + docs/results_grid.png for `cpu`, WORKDIR/report/ for `smoke`.
 
 Resumable: a stage whose final checkpoint exists is skipped, and generations already written are kept.

@@ -18,6 +18,8 @@ Module methods (call through `apply(..., method=...)`):
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -151,19 +153,21 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        block = functools.partial(ResnetBlock, dtype=self.dtype, norm_groups=self.norm_groups)
+        attn = functools.partial(AttnBlock, dtype=self.dtype, norm_groups=self.norm_groups)
         h = _conv(self.ch, 3, "conv_in", self.dtype)(x)
         res = self.resolution
         for level, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
-                h = ResnetBlock(self.ch * mult, self.dtype, norm_groups=self.norm_groups, name=f"down_{level}_block_{j}")(h)
+                h = block(self.ch * mult, name=f"down_{level}_block_{j}")(h)
                 if res in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name=f"down_{level}_attn_{j}")(h)
+                    h = attn(name=f"down_{level}_attn_{j}")(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
                 res //= 2
-        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_1")(h)
-        h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name="mid_attn_1")(h)
-        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_2")(h)
+        h = block(h.shape[-1], name="mid_block_1")(h)
+        h = attn(name="mid_attn_1")(h)
+        h = block(h.shape[-1], name="mid_block_2")(h)
         h = nn.swish(_group_norm("norm_out", self.dtype, self.norm_groups)(h))
         out = 2 * self.z_channels if self.double_z else self.z_channels
         return _conv(out, 3, "conv_out", self.dtype)(h)
@@ -181,16 +185,18 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, z):
+        block = functools.partial(ResnetBlock, dtype=self.dtype, norm_groups=self.norm_groups)
+        attn = functools.partial(AttnBlock, dtype=self.dtype, norm_groups=self.norm_groups)
         h = _conv(self.ch * self.ch_mult[-1], 3, "conv_in", self.dtype)(z)
-        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_1")(h)
-        h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name="mid_attn_1")(h)
-        h = ResnetBlock(h.shape[-1], self.dtype, norm_groups=self.norm_groups, name="mid_block_2")(h)
+        h = block(h.shape[-1], name="mid_block_1")(h)
+        h = attn(name="mid_attn_1")(h)
+        h = block(h.shape[-1], name="mid_block_2")(h)
         res = self.resolution // 2 ** (len(self.ch_mult) - 1)
         for level in reversed(range(len(self.ch_mult))):
             for j in range(self.num_res_blocks + 1):
-                h = ResnetBlock(self.ch * self.ch_mult[level], self.dtype, norm_groups=self.norm_groups, name=f"up_{level}_block_{j}")(h)
+                h = block(self.ch * self.ch_mult[level], name=f"up_{level}_block_{j}")(h)
                 if res in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, norm_groups=self.norm_groups, name=f"up_{level}_attn_{j}")(h)
+                    h = attn(name=f"up_{level}_attn_{j}")(h)
             if level != 0:
                 h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
                 res *= 2

@@ -91,19 +91,19 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x, mask_bias):
         h = self.hidden_size
-        q = _split_heads(_dense(h, ("embed", "heads"), "query", self.dtype, std=self.dense_init_std)(x), self.num_heads)
-        k = _split_heads(_dense(h, ("embed", "heads"), "key", self.dtype, std=self.dense_init_std)(x), self.num_heads)
-        v = _split_heads(_dense(h, ("embed", "heads"), "value", self.dtype, std=self.dense_init_std)(x), self.num_heads)
+        dense = functools.partial(_dense, dtype=self.dtype, std=self.dense_init_std)
+        q = _split_heads(dense(h, ("embed", "heads"), "query")(x), self.num_heads)
+        k = _split_heads(dense(h, ("embed", "heads"), "key")(x), self.num_heads)
+        v = _split_heads(dense(h, ("embed", "heads"), "value")(x), self.num_heads)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / np.sqrt(h // self.num_heads)
         probs = jax.nn.softmax(scores + mask_bias, axis=-1).astype(v.dtype)
         context = _merge_heads(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
         x = _layer_norm(self.eps, "attention_norm", self.dtype)(
-            _dense(h, ("heads", "embed"), "attention_out", self.dtype, std=self.dense_init_std)(context) + x)
-        inner = nn.gelu(_dense(self.intermediate_size, ("embed", "mlp"), "intermediate", self.dtype,
-                               std=self.dense_init_std)(x),
+            dense(h, ("heads", "embed"), "attention_out")(context) + x)
+        inner = nn.gelu(dense(self.intermediate_size, ("embed", "mlp"), "intermediate")(x),
                         approximate=False)
         return _layer_norm(self.eps, "output_norm", self.dtype)(
-            _dense(h, ("mlp", "embed"), "output", self.dtype, std=self.dense_init_std)(inner) + x)
+            dense(h, ("mlp", "embed"), "output")(inner) + x)
 
 
 class BertEncoder(nn.Module):
@@ -124,6 +124,7 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, ids):
         """ids [B, L] (0 = padding) -> (sequence [B, L, H], pooled [B, H], mu [B, Z], logvar [B, Z])."""
+        dense = functools.partial(_dense, dtype=self.dtype, std=self.dense_init_std)
         ids = _check_ids(ids, self.max_position_embeddings, "BERT input")
         h = self.hidden_size
         positions = jnp.arange(ids.shape[1])
@@ -138,9 +139,8 @@ class BertEncoder(nn.Module):
         for i in range(self.num_layers):
             x = BertLayer(h, self.num_heads, self.intermediate_size, self.layer_norm_eps, self.dtype,
                           self.dense_init_std, name=f"layer_{i}")(x, mask_bias)
-        pooled = jnp.tanh(_dense(h, ("embed", "mlp"), "pooler", self.dtype, std=self.dense_init_std)(x[:, 0]))
-        stats = _dense(2 * self.latent_size, ("embed", "mlp"), "linear", self.dtype, use_bias=False,
-                       std=self.dense_init_std)(pooled)
+        pooled = jnp.tanh(dense(h, ("embed", "mlp"), "pooler")(x[:, 0]))
+        stats = dense(2 * self.latent_size, ("embed", "mlp"), "linear", use_bias=False)(pooled)
         mu, logvar = jnp.split(stats.astype(jnp.float32), 2, axis=-1)
         return x, pooled, mu, logvar
 
@@ -159,9 +159,9 @@ class GPT2Block(nn.Module):
     @nn.compact
     def __call__(self, x, cache, start, valid):
         """x [B, l, H] at cache slots start+1 .. start+l; cache (k, v) [B, heads, S, hd]; valid [l, S]."""
+        dense = functools.partial(_dense, dtype=self.dtype, std=self.dense_init_std)
         h = self.hidden_size
-        qkv = _dense(3 * h, ("embed", "heads"), "c_attn", self.dtype, std=self.dense_init_std)(
-            _layer_norm(self.eps, "ln_1", self.dtype)(x))
+        qkv = dense(3 * h, ("embed", "heads"), "c_attn")(_layer_norm(self.eps, "ln_1", self.dtype)(x))
         q, k, v = (_split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
         k_cache, v_cache = cache
         k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start + 1, axis=2)
@@ -170,10 +170,10 @@ class GPT2Block(nn.Module):
         scores = jnp.where(valid, scores / np.sqrt(h // self.num_heads), GPT2_MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         attn = _merge_heads(jnp.einsum("bhqk,bhkd->bhqd", probs, v_cache.astype(self.dtype)))
-        x = x + _dense(h, ("heads", "embed"), "c_proj", self.dtype, std=self.dense_init_std)(attn)
+        x = x + dense(h, ("heads", "embed"), "c_proj")(attn)
         m = _layer_norm(self.eps, "ln_2", self.dtype)(x)
-        m = nn.gelu(_dense(4 * h, ("embed", "mlp"), "c_fc", self.dtype, std=self.dense_init_std)(m), approximate=True)
-        x = x + _dense(h, ("mlp", "embed"), "mlp_c_proj", self.dtype, std=self.dense_init_std)(m)
+        m = nn.gelu(dense(4 * h, ("embed", "mlp"), "c_fc")(m), approximate=True)
+        x = x + dense(h, ("mlp", "embed"), "mlp_c_proj")(m)
         return x, (k_cache, v_cache)
 
 
@@ -203,9 +203,9 @@ class GPT2Decoder(nn.Module):
         self.h = [GPT2Block(h, self.num_heads, self.layer_norm_eps, self.dtype, self.dense_init_std)
                   for _ in range(self.num_layers)]
         self.ln_f = _layer_norm(self.layer_norm_eps, None, self.dtype)
-        self.linear = _dense(self.num_layers * h, ("embed", "mlp"), None, self.dtype, use_bias=False,
-                             std=self.dense_init_std)
-        self.linear_emb = _dense(h, ("mlp", "embed"), None, self.dtype, use_bias=False, std=self.dense_init_std)
+        dense = functools.partial(_dense, dtype=self.dtype, std=self.dense_init_std)
+        self.linear = dense(self.num_layers * h, ("embed", "mlp"), None, use_bias=False)
+        self.linear_emb = dense(h, ("mlp", "embed"), None, use_bias=False)
 
     def init_cache(self, latent, length: int):
         """Per-layer (k, v) [B, heads, length, hd]: slot 0 holds the latent's memory token, the rest zeros."""
