@@ -202,11 +202,16 @@ def test_bad_config_values_raise_one_line(override, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_unknown_top_level_key_and_wrong_type():
+def test_unknown_key_and_wrong_type():
     config = toy_config()
     config.unlock()
     config.lerning_rate = 1.0
-    with pytest.raises(ConfigError, match="unknown config key 'lerning_rate'"):
+    with pytest.raises(ConfigError, match="unknown config key lerning_rate; known keys there: .*'optim'"):
+        validation.check(config)
+    config = toy_config()
+    config.optim.unlock()
+    config.optim.lerning_rate = 1.0
+    with pytest.raises(ConfigError, match=r"unknown config key optim.lerning_rate; did you mean optim.learning_rate\?"):
         validation.check(config)
     config = toy_config()
     config.unlock()
@@ -217,7 +222,8 @@ def test_unknown_top_level_key_and_wrong_type():
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--config.total_stpes=5", "bad flags"),
+    ("--config.total_stpes=5", "unknown config key total_stpes; did you mean total_steps?"),
+    ("--config.model.widht=5", "unknown config key model.widht; did you mean model.width?"),
     ("--config.total_steps=abc", "bad flags"),
     ("--config.mesh.fsdp=3", "needs 3 devices but 8 are available"),
 ])

@@ -66,7 +66,8 @@ def _assert_bitwise(a, b):
 
 
 def _data_state(workdir, step):
-    return json.loads((pathlib.Path(workdir) / "checkpoints" / str(step) / "data" / "process_0-of-1.json").read_text())
+    path = pathlib.Path(workdir) / "checkpoints" / str(step) / "data" / "process_0-of-1.json"
+    return json.loads(path.read_text())["state"]
 
 
 def _spawn(mode, after, workdir, *flags):

@@ -10,7 +10,10 @@ Modules:
   step        the jitted train step: gradients of the trainable tree, accumulation, EMA, NaN guard
   optimizer   AdamW + warm-up / cosine + clipping
   freeze      parameter paths and the trainable / frozen split
-  checkpoint  orbax CheckpointManager items: state, per-process data-iterator state, config
+  checkpoint  orbax CheckpointManager items: state, per-process data-iterator state, config,
+              digests; damaged checkpoints moved aside, failed saves reported
+  integrity   value digests and finiteness of a state, written at save, checked at restore
+  config_diff which config changes a resume accepts (state-shaping keys must match)
   handoff     pretrained components from earlier stages' workdirs (config.init_from)
   reporting   clu metric writers, progress line with ETA, TFLOP/s
   preemption  SIGTERM -> checkpoint and exit 0

@@ -6,4 +6,10 @@ class ConfigError(ValueError):
 
 
 class NonFiniteError(FloatingPointError):
-    """The loss or gradient became NaN/inf and the config says to stop (nothing after it is saved)."""
+    """The loss or gradient became NaN/inf and the config says to stop, or a state about to be saved
+    holds NaN/inf (nothing after it is saved; exit code 1)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written (read-only or full disk, a failed background write), or the
+    workdir holds checkpoints none of which reads back intact (exit code 1)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from codi_jax.eval.probes import ProbeLog
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.parallel.partitioning import DEFAULT_RULES
 from codi_jax.train import freeze, handoff, reporting, stages, validation
@@ -90,13 +92,14 @@ class Trainer:
                                   process_count=jax.process_count(), seed=c.seed)
 
     def restore_or_init(self):
-        """The workdir's latest checkpoint restored onto this mesh (data iterator included), else a
+        """The workdir's newest intact checkpoint restored onto this mesh (data iterator included;
+        damaged ones are moved aside, one of another state-shaping config is a ConfigError), else a
         fresh state with the earlier stages' components (config.init_from) copied in."""
-        latest = self.checkpoints.latest_step()
-        if latest is not None:
-            state, data_state = self.checkpoints.restore(latest, self.layout.abstract)
+        restored = self.checkpoints.restore_latest(self.layout.abstract, self.config.to_json_best_effort())
+        if restored is not None:
+            step, state, data_state = restored
             self.data.set_state(data_state)
-            logging.info("resumed from %s at step %d", self.checkpoints.directory, latest)
+            logging.info("resumed from %s at step %d", self.checkpoints.directory, step)
             return state
         abstract = freeze.merge(self.layout.abstract.params, self.layout.abstract.frozen)
         overrides = handoff.load_overrides(self.stage.pretrained(), abstract, use_ema=self.config.init_from_ema)
@@ -124,11 +127,17 @@ class Trainer:
         return self.lower(abstract_batch(batch)).compile()
 
     def save(self, step: int, state) -> None:
-        self.checkpoints.save(step, state, self.data.get_state(), self.config.to_json_best_effort())
+        config = json.loads(self.config.to_json_best_effort())
+        with sharding_context(self.mesh):
+            measured = self.stage.measurements(state.full_params(use_ema=True))
+        if measured:
+            config["measured"] = measured
+        self.checkpoints.save(step, state, self.data.get_state(), json.dumps(config))
 
     def run(self):
         """Trains to config.total_steps (or until SIGTERM). Returns the final state."""
         c, mesh = self.config, self.mesh
+        self.checkpoints.prepare_to_write(self.layout.abstract)  # a read-only or full disk stops the run now
         state = self.restore_or_init()
         start = int(jax.device_get(state.step))
         logging.info("stage %s on mesh %s from step %d of %d", c.stage, dict(mesh.shape), start, c.total_steps)
@@ -149,6 +158,8 @@ class Trainer:
             sampler = jax.jit(lambda s, b, r: self.stage.samples(s.full_params(use_ema=True), b, r))
         reporter = reporting.Reporter(self.workdir, total_steps=c.total_steps, global_batch=c.batch_size,
                                       tensorboard=c.tensorboard)
+        probe, probe_every = self.stage.probe(), int(c.get("probe", {}).get("every_steps", 0))
+        probe_log = ProbeLog(self.workdir)
         self.history = reporter.history
         if start == 0:
             reporter.writer.write_hparams(_flat_config(c))
@@ -168,10 +179,16 @@ class Trainer:
                 if step % c.log_every_steps == 0 or done:
                     skipped_seen = _check_finite(c, state, skipped_seen, step)
                     reporter.report(step)
+                if probe is not None and ((probe_every and step % probe_every == 0) or done):
+                    with sharding_context(mesh):
+                        scores = probe(state.full_params(use_ema=True), jax.random.fold_in(self.sample_key, step))
+                    probe_log.add(step, scores)
+                    reporter.write_probe(step, scores)
                 if step % c.sample_every_steps == 0:
                     with sharding_context(mesh):
                         samples = sampler(state, batch, jax.random.fold_in(self.sample_key, step))
                     reporter.write_samples(step, samples)
+                self.checkpoints.raise_if_failed()  # a failed background save stops the run here, not at exit
                 preempted = watch.should_stop(step)
                 if step % c.checkpoint_every_steps == 0 or done or preempted:
                     skipped_seen = _check_finite(c, state, skipped_seen, step)
@@ -184,9 +201,10 @@ class Trainer:
                 batch = self.next_batch()
         finally:
             watch.close()
-            self.checkpoints.wait()
-            self.checkpoints.close()
-            reporter.close()
+            try:
+                self.checkpoints.close()  # waits for the last save: CheckpointError if it failed
+            finally:
+                reporter.close()
         return state
 
 

@@ -85,6 +85,11 @@ class Reporter:
             parts.append(f"ETA {format_duration((self.total_steps - step) / rate)}")
         logging.info(" | ".join(parts))
 
+    def write_probe(self, step: int, scores: dict) -> None:
+        """A stage probe's scores: TensorBoard under probe/..., and one progress line."""
+        self.writer.write_scalars(step, {f"probe/{k}": v for k, v in scores.items()})
+        logging.info("probe at step %d: %s", step, " | ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items())))
+
     def write_samples(self, step: int, samples: dict, sample_rate: int = 16000) -> None:
         samples = jax.device_get(samples)
         if samples.get("images"):

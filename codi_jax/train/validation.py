@@ -5,6 +5,7 @@ The trainer's own keys are typed here; the stage checks its sections (`model`, `
 """
 from __future__ import annotations
 
+import difflib
 import math
 
 import ml_collections
@@ -40,7 +41,7 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
     "distributed": {"initialize": bool, "coordinator_address": str, "num_processes": int, "process_id": int},
 }
 # Checked by make_mesh (axes) and by the stage (contents).
-OPEN_SECTIONS = ("mesh", "model", "data", "init_from", "objectives", "losses")
+OPEN_SECTIONS = ("mesh", "model", "data", "init_from", "objectives", "losses", "probe")
 CHOICES = {
     "nonfinite": ("skip", "stop"),
     "dtype": ("float32", "bfloat16"),
@@ -55,12 +56,32 @@ def _check_type(where: str, value, expected) -> None:
         raise ConfigError(f"config.{where} must be {names}, got {type(value).__name__} {value!r}")
 
 
+def unknown_key_message(section: str, key: str, known) -> str:
+    """'unknown config key model.unet_image.chanels; did you mean model.unet_image.channels?'"""
+    prefix = f"{section}." if section else ""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys there: {sorted(known)}"
+    return f"unknown config key {prefix}{key}; {hint}"
+
+
+def unknown_path(config, path: str) -> str | None:
+    """The unknown_key_message of the first part of a dotted `path` that `config` lacks, or None."""
+    node, parts = config, path.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, (dict, ml_collections.ConfigDict)):
+            return None
+        if part not in node:
+            return unknown_key_message(".".join(parts[:i]), part, node.keys())
+        node = node[part]
+    return None
+
+
 def _check_keys(where: str, section, schema: dict, extra: tuple = ()) -> None:
     for key, value in section.items():
         if key in extra:
             continue
         if key not in schema:
-            raise ConfigError(f"unknown config key {where}{key!r}; known keys: {sorted(list(schema) + list(extra))}")
+            raise ConfigError(unknown_key_message(where.rstrip("."), key, list(schema) + list(extra)))
         _check_type(where + key, value, schema[key])
     missing = [k for k in schema if k not in section]
     if missing:
