@@ -25,6 +25,8 @@ RUNTIME = [
     "imageio>=2.34",
     "imageio-ffmpeg>=0.5",
     "tqdm>=4.66",
+    # The stage-probe curves of the Shapes & Tones report.
+    "matplotlib>=3.8",
     # tensorflow-datasets needs it to run dataset builders but does not declare it.
     "importlib_resources>=6",
 ]
@@ -38,7 +40,9 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         # torch is only a parity reference and a reader of the released .pth files.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "pycocoevalcap>=1.2"],
+        # The captioning metrics of `python -m codi_jax.evaluate` (they also need a Java runtime on PATH).
+        "eval": ["pycocoevalcap>=1.2"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
     },

@@ -1,4 +1,5 @@
 """The CoDi model: golden parity with the released wrapper, sizes, wiring, condition mixing, errors."""
+import json
 import re
 
 import flax.linen as nn
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from codi_jax.convert import golden, unet_codi
+from codi_jax.convert import golden, registry, unet_codi
 from codi_jax.models import codi, unet_text
 
 
@@ -58,6 +59,41 @@ def test_golden_parity_every_case(goldens_dir):
     results = _run_cases(goldens_dir)
     assert len(results) == 13
     _assert_parity(results)
+
+
+def test_golden_parity_float64_reference(goldens_dir):
+    """Set C (reference computed in float64): the checker runs it from its three params files, and every
+    output passes at its own tolerance (video and text outputs carry float32 noise above REL_TOL)."""
+    fixture = goldens_dir / "unet_codi_c"
+    meta = json.loads((fixture / "meta.json").read_text())
+    rows = golden.check(fixture)
+    assert {r[1] for r in rows} == set(meta["outputs"]) == set(meta["float32_noise_per_output"])
+    for _, name, err, rel, passed in rows:
+        assert passed, f"{name}: relative error {rel:.3e} > tolerance {golden.tolerance(meta, name):.3e}"
+
+
+def test_golden_tolerance_is_noise_multiple_where_recorded(tmp_path, monkeypatch, capsys):
+    meta = {"component": "fake", "float32_noise_per_output": {"noisy": {"rel": 2e-4}, "quiet": {"rel": 1e-7}}}
+    assert golden.tolerance(meta, "noisy") == pytest.approx(golden.NOISE_MULTIPLE * 2e-4)
+    assert golden.tolerance(meta, "quiet") == golden.REL_TOL  # never below REL_TOL
+    assert golden.tolerance(meta, "plain") == golden.REL_TOL  # nothing recorded
+    assert golden.tolerance({}, "noisy") == golden.REL_TOL
+
+    # The checker applies it per output: the same 5e-4 error passes where 2e-4 noise is recorded and fails elsewhere.
+    from safetensors.numpy import save_file
+
+    ref = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+    (tmp_path / "config.json").write_text(json.dumps({}))
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    save_file({n: ref for n in ("noisy", "quiet", "plain")}, str(tmp_path / "io.safetensors"))
+    fake = registry.Component(name="fake", run_golden=lambda path, config, meta, params, io: {
+        n: (io[n] + np.float32(5e-4), io[n]) for n in ("noisy", "quiet", "plain")})
+    monkeypatch.setattr(registry, "get", lambda name: fake)
+    assert {r[1]: r[4] for r in golden.check(tmp_path)} == {"noisy": True, "quiet": False, "plain": False}
+    assert golden.main([str(tmp_path)]) == 1
+    printed = {line.split()[1]: line.split()[4:] for line in capsys.readouterr().out.splitlines()}
+    assert printed == {"noisy": [f"{golden.NOISE_MULTIPLE * 2e-4:.3e}", "PASS"],
+                       "quiet": ["1.000e-04", "FAIL"], "plain": ["1.000e-04", "FAIL"]}
 
 
 def test_full_size_counts_and_groups():

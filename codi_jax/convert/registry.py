@@ -25,7 +25,7 @@ import importlib
 import pkgutil
 from typing import Any, Callable, Mapping
 
-_INFRA = {"registry", "golden", "coverage", "state_dict", "layout"}
+_INFRA = {"registry", "golden", "coverage", "state_dict", "layout", "lazy", "workdir", "released", "standins"}
 _COMPONENTS: dict[str, "Component"] = {}
 
 
