@@ -48,7 +48,7 @@ from codi_jax.data.preprocess import sample_frame_indices, scale_to_unit_range
 from codi_jax.data.tokenizers import build_tokenizer
 from codi_jax.diffusion import samplers
 from codi_jax.diffusion.guidance import cfg_denoiser
-from codi_jax.diffusion.schedule import NUM_TIMESTEPS, make_schedule
+from codi_jax.diffusion.schedule import NUM_TIMESTEPS, PREDICTIONS, eps_from_prediction, make_schedule
 from codi_jax.models import clap, clip_preprocess, codi, optimus
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages import components
@@ -300,6 +300,9 @@ TRAINING_NAMES = {**{name: name for name in COMPONENTS}, "autokl": "image_vae"}
 RELEASED_CONVERTERS = {"clip": "clip", "clap": "clap_audio", "optimus": "optimus", "autokl": "image_autoencoder_kl",
                        "audio_vae": "audio_autoencoder_kl", "vocoder": "hifigan_generator",
                        "unet_image": "unet_video", "unet_text": "unet_text", "unet_audio": "unet_audio"}
+# Written by codi_jax.convert.released into every workdir it converts: weights as released, which the
+# sampler runs with the released code's wiring (see `wiring` in configs/sample.py).
+RELEASED_MARKER = "released.json"
 # Mel -> wave for generated audio: the trained HiFi-GAN ("vocoder", the original's path) or mel inversion +
 # Griffin-Lim ("griffin_lim", no learned weights: for runs too short to train a vocoder, e.g. on a CPU).
 MEL_INVERSIONS = ("vocoder", "griffin_lim")
@@ -428,6 +431,8 @@ class _WeightStore:
         from codi_jax.train.handoff import restore_params
 
         workdir, step = resolve_checkpoint(path)
+        # Absolute: restore_params caches by its argument, and a relative path names another folder after a chdir.
+        workdir = os.path.abspath(workdir)
         if workdir not in self._checkpoints:
             try:
                 self._checkpoints[workdir] = restore_params(workdir, True)
@@ -511,7 +516,10 @@ def load_variables(config, nets: Networks) -> tuple[dict, dict]:
             if collection not in loaded:
                 raise CheckpointError(f"{name} from {source}: no {collection!r} collection")
             _check_fits(name, source, loaded[collection], tree)
-        variables[name] = jax.tree.map(jax.numpy.asarray, loaded)
+        # In the configured parameter dtype, whatever the source stored (a workdir converted from the fp16
+        # files keeps float16), so every source of the same weights samples identically.
+        variables[name] = {collection: jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded[collection], tree)
+                           for collection, tree in abstract[name].items()}
     return variables, sources
 
 
@@ -578,15 +586,19 @@ def _encode_audio(variables, wave, rng, *, model):
     return model.apply(variables, wave, rng=rng, method="encode_audio")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "wiring", "aliased_skip", "method", "steps"))
+@functools.partial(jax.jit, static_argnames=("model", "wiring", "aliased_skip", "method", "steps", "predictions"))
 def _sample(codi_variables, x_T, cond, uncond, scales, *, model, wiring: str, aliased_skip: bool, method: str,
-            steps: int):
-    """The whole denoising loop: classifier-free guidance over the joint CoDi forward, one shared t."""
+            steps: int, predictions: tuple):
+    """The whole denoising loop: classifier-free guidance over the joint CoDi forward, one shared t;
+    `predictions` ((modality, "eps" | "v"), ...) says what each output's UNet predicts."""
+    schedule = make_schedule()
+
     def model_fn(latents, t, context):
-        return model.apply(codi_variables, latents, t, context, wiring=wiring, aliased_skip=aliased_skip)
+        out = model.apply(codi_variables, latents, t, context, wiring=wiring, aliased_skip=aliased_skip)
+        return eps_from_prediction(schedule, latents, t, out, dict(predictions))
 
     denoise = cfg_denoiser(model_fn, cond, uncond, scales)
-    return samplers.sample(denoise, x_T, schedule=make_schedule(), method=method, steps=steps)
+    return samplers.sample(denoise, x_T, schedule=schedule, method=method, steps=steps)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -600,18 +612,6 @@ def _decode_pixels(variables, z, *, model):
 def _decode_mel(vae_variables, z, *, vae):
     """Latents -> log-mel [B, T, 64], one example at a time (the latent clipping looks at a batch's max |z|)."""
     return jax.vmap(lambda zi: vae.apply(vae_variables, zi[None], method="from_latent")[0, ..., 0])(z)
-
-
-def _griffin_lim_waves(mels: np.ndarray, samples: int) -> np.ndarray:
-    """Log-mels [B, T, 64] -> waves [B, samples] by mel inversion + Griffin-Lim (codi_jax.eval.griffin_lim),
-    zero-padded to the vocoder's length so both decoders give the same shape."""
-    from codi_jax.eval import griffin_lim
-
-    waves = np.zeros((mels.shape[0], samples), np.float32)
-    for i, m in enumerate(mels):
-        wave = griffin_lim.mel_to_wave(m, iterations=GRIFFIN_LIM_ITERATIONS)[:samples]
-        waves[i, :wave.size] = wave
-    return waves
 
 
 @functools.partial(jax.jit, static_argnames=("vae", "vocoder", "samples"))
@@ -636,8 +636,16 @@ def _decode_text(variables, z, keys, *, model, max_length: int, greedy: bool):
 # The pipeline
 
 
+def _is_released(source: str) -> bool:
+    """A `released:` file, or a workdir converted from the released files (it holds RELEASED_MARKER)."""
+    kind, _, where = source.partition(":")
+    if kind == "workdir":
+        return (pathlib.Path(resolve_checkpoint(where.partition("#")[0])[0]) / RELEASED_MARKER).is_file()
+    return kind == "released"
+
+
 def _resolve_wiring(config, sources: Mapping[str, str]) -> tuple[str, bool]:
-    released = any(sources[name].startswith("released:") for name in UNETS)
+    released = any(_is_released(sources[name]) for name in UNETS)
     wiring = ("own" if released else "others") if config.wiring == "auto" else config.wiring
     aliased = released if config.aliased_skip == "auto" else config.aliased_skip
     if wiring not in ("own", "others"):
@@ -645,6 +653,45 @@ def _resolve_wiring(config, sources: Mapping[str, str]) -> tuple[str, bool]:
     if not isinstance(aliased, bool):
         raise ConfigError(f"aliased_skip: {aliased!r} is not 'auto', true or false")
     return wiring, aliased
+
+
+def _resolve_latent_scales(config) -> None:
+    """Coders configured with latent_scale "measured" take the scale their weights' workdir records
+    (codi_jax.train.handoff.measured_latent_scale); in place."""
+    from codi_jax.train.handoff import measured_latent_scale
+
+    for name in ("autokl", "audio_vae", "optimus"):
+        spec = config.models[name]
+        if spec.get("latent_scale") != "measured":
+            continue
+        kind, _, where = str(config.components[name]).partition(":")
+        scale = measured_latent_scale(resolve_checkpoint(where.partition("#")[0])[0], TRAINING_NAMES[name]) \
+            if kind == "workdir" else None
+        if scale is None:
+            raise ConfigError(f"models.{name}: latent_scale 'measured' needs weights from a training workdir that "
+                              f"measured it; {name} comes from {config.components[name]!r}")
+        spec.overrides.scale_factor = scale
+
+
+def _resolve_predictions(config, sources: Mapping[str, str]) -> dict[str, str]:
+    """{UNet: "eps" | "v"}: config.prediction, or with "auto" what each UNet's source says (a training
+    workdir's saved model.prediction; released weights predict eps)."""
+    from codi_jax.train.handoff import saved_config
+
+    wanted = config.get("prediction", "auto")
+    if wanted != "auto" and wanted not in PREDICTIONS:
+        raise ConfigError(f"prediction: {wanted!r} is not 'auto' or one of {list(PREDICTIONS)}")
+    out = {}
+    for name in UNETS:
+        kind, _, where = sources[name].partition(":")
+        if wanted != "auto":
+            out[name] = wanted
+        elif kind == "workdir" and not _is_released(sources[name]):
+            out[name] = saved_config(resolve_checkpoint(where.partition("#")[0])[0]).get("model", {}).get(
+                "prediction", "eps")
+        else:
+            out[name] = "eps"
+    return out
 
 
 def _key(seed: int, stream: str):
@@ -665,6 +712,7 @@ class CoDiPipeline:
         self.sources = dict(sources)
         self.tokenizers = dict(tokenizers)
         self.wiring, self.aliased_skip = _resolve_wiring(config, self.sources)
+        self.predictions = _resolve_predictions(config, self.sources)
         self.latent_shapes = latent_shapes(config)
         self.codi_variables = {"params": {name: self.variables[name]["params"] for name in UNETS}}
         self.output_shapes = output_shapes(config, networks, self.variables)
@@ -681,6 +729,7 @@ class CoDiPipeline:
         if random_init:
             for name in COMPONENTS:
                 config.components[name] = "random"
+        _resolve_latent_scales(config)
         nets = build_networks(config)
         variables, sources = load_variables(config, nets)
         try:
@@ -815,6 +864,7 @@ class CoDiPipeline:
         for group in ([(m,) for m in first.outputs] if first.independent else [first.outputs]):
             latents.update(_sample(self.codi_variables, {m: x_T[m] for m in group}, cond, uncond,
                                    {m: scales[m] for m in group}, model=self.nets.codi, wiring=self.wiring,
+                                   predictions=tuple((m, self.predictions[codi.UNET_OF[m]]) for m in group),
                                    aliased_skip=self.aliased_skip, method=first.sampler, steps=first.steps))
         decoded = {m: self._decode(m, z, padded) for m, z in latents.items()}
         return [{m: decoded[m][i] for m in first.outputs} for i in range(len(chunk))]
@@ -824,8 +874,10 @@ class CoDiPipeline:
         if modality in ("image", "video"):
             return np.asarray(_decode_pixels(v["autokl"], z, model=nets.autokl))
         if modality == "audio" and self.mel_inversion == "griffin_lim":
-            return _griffin_lim_waves(np.asarray(_decode_mel(v["audio_vae"], z, vae=nets.audio_vae)),
-                                      self.output_shapes["audio"][0])
+            from codi_jax.eval import griffin_lim
+
+            return griffin_lim.mels_to_waves(np.asarray(_decode_mel(v["audio_vae"], z, vae=nets.audio_vae)),
+                                             self.output_shapes["audio"][0], GRIFFIN_LIM_ITERATIONS)
         if modality == "audio":
             return np.asarray(_decode_audio(v["audio_vae"], v["vocoder"], z, vae=nets.audio_vae,
                                             vocoder=nets.vocoder, samples=self.output_shapes["audio"][0]))
@@ -840,7 +892,8 @@ class CoDiPipeline:
     def describe(self) -> dict:
         """The run's settings, as request.json records them next to the request."""
         return {"config": self.config.variant, "components": dict(self.sources), "wiring": self.wiring,
-                "aliased_skip": self.aliased_skip, "batch_size": int(self.config.batch_size),
+                "aliased_skip": self.aliased_skip, "prediction": dict(self.predictions),
+                "batch_size": int(self.config.batch_size),
                 "mel_inversion": self.mel_inversion,
                 "text_decoding": self.config.text_decoding, "image_shape": list(self.output_shapes["image"]),
                 "video_shape": list(self.output_shapes["video"]), "video_fps": float(self.config.video_fps),

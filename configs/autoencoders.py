@@ -42,7 +42,7 @@ gradient is exactly zero there); the full variant has no weight decay, as LDM's 
 import ml_collections
 
 from codi_jax.train.defaults import (CPU_AUDIO_FRAMES, CPU_RESOLUTION, base_config, component, model_components,
-                                     shapes_tones_data)
+                                     probe_config, shapes_tones_data)
 
 COMPONENTS = ("image_vae", "audio_vae", "vocoder", "optimus")
 
@@ -107,6 +107,8 @@ def get_config(variant: str = "tiny"):
         c.total_steps, c.batch_size = 500, 16
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 500, 500
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 30
+        # Read-back through encode -> decode (audio through Griffin-Lim, as sampling) of each trained component.
+        c.probe = probe_config("reconstruction", every_steps=250, num_examples=64)
     elif variant == "full":
         c.model.image_vae = component("full")
         c.model.audio_vae = component("audio_full")

@@ -19,7 +19,9 @@ variant that reads trained ldm workdirs trains only env + joint, as the paper do
 Variants:
   tiny  (default) tests / CI, as above.
   cpu   the Shapes & Tones run: the paper's three objectives text_image, text_audio, audio_video
-        mixed, 32 px, 8 frames, 1.024 s audio, 150 steps, reading the earlier stages' workdirs.
+        mixed (audio_video twice as often), v-prediction as the cpu ldms, contrastive weight 0.1, 32 px,
+        8 frames, 1.024 s audio, 600 steps of 16, reading the earlier stages' workdirs; joint probe:
+        text -> video + audio generated together against independently.
   full  released sizes (the three CoDi UNets, SD VAE, AudioLDM VAE, Optimus, CLIP) on prepared
         records; bf16 compute, full remat. benchmarks/bench_train.py compiles its text_image step.
 Set model.contrastive_weight > 0 for the paper's contrastive term between environment encoders;
@@ -27,7 +29,8 @@ model.wiring = "own" reproduces the released code's wiring. To follow the paper'
 text_image first, then text_audio with model.trainable = ("unet_audio:env", "unet_audio:joint"),
 then audio_video with ("unet_image:env", "unet_image:joint").
 """
-from codi_jax.train.defaults import CPU_AUDIO_FRAMES, CPU_RESOLUTION, base_config, model_components, shapes_tones_data
+from codi_jax.train.defaults import (CPU_AUDIO_FRAMES, CPU_RESOLUTION, base_config, model_components, probe_config,
+                                     shapes_tones_data)
 
 NETWORKS = ("unet_image", "unet_audio", "unet_text", "image_vae", "audio_vae", "optimus", "clip")
 
@@ -39,6 +42,7 @@ def get_config(variant: str = "tiny"):
     c.model.conditions, c.model.cond_dropout = (), 0.1
     c.model.trainable = ()  # empty: the env and joint groups of every UNet the objectives use
     c.model.contrastive_weight = 0.0
+    c.model.prediction = "eps"
     for stage in ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm", "text_ldm"):
         c.init_from[stage] = ""
     lengths = {"clip": 16, "bert": 16}
@@ -55,11 +59,18 @@ def get_config(variant: str = "tiny"):
     elif variant == "cpu":
         c.model.objectives = ("text_image", "text_audio", "audio_video")
         c.model.audio_frames = CPU_AUDIO_FRAMES
+        # The diffusers' target (the cpu ldm stages predict v), and the paper's contrastive term between the
+        # environment encodings of a pair, which asks V to carry what both modalities share (onset for
+        # audio + video) from the first steps on.
+        c.model.prediction, c.model.contrastive_weight = "v", 0.1
         c.data = shapes_tones_data(c.model.objectives, resolution=CPU_RESOLUTION, num_frames=8, audio_samples=16384,
                                    text_lengths=lengths)
-        c.total_steps, c.batch_size = 150, 16
-        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 150, 150
-        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 15
+        # The audio + video pair is what joint onset agreement rests on: it gets half the batches.
+        c.data.objectives.audio_video.weight = 2.0
+        c.probe = probe_config("joint", every_steps=300, num_examples=64, condition="text", outputs=("video", "audio"))
+        c.total_steps, c.batch_size = 600, 16
+        c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 600, 600
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 40
     elif variant == "full":
         c.model.objectives = ("text_image", "text_audio", "audio_video")
         c.model.audio_frames = 1024

@@ -13,7 +13,7 @@ Variants:
   cpu   the Shapes & Tones run of the configs/<stage>.py:cpu training stages (the CPU networks),
         read from their workdirs: image 32x32 (latent [8, 8, 4]), video 8 frames of 32x32 at 7.8125 fps
         (Shapes & Tones: frame k spans audio samples [2048k, 2048(k+1))), audio 0.96 s (latent
-        [24, 16, 8] -> the 96 mel frames latent_align trains on, inverted by Griffin-Lim), text latent [16].
+        [12, 8, 8] -> the 96 mel frames latent_align trains on, inverted by Griffin-Lim), text latent [16].
   full  the released CoDi: image 512x512 (latent [64, 64, 4]), video 8 frames of 256x256 (latent
         [8, 32, 32, 4]), audio 10.24 s (latent [256, 16, 8] -> mel [1024, 64] -> 163,840 samples), text
         latent [768]; weights converted from the released checkpoints, tokenizers from local folders.
@@ -65,6 +65,8 @@ def get_config(variant: str = "tiny") -> ConfigDict:
     c.text_decoding = "sample"
     c.text_max_tokens = 30
     c.wiring = "auto"
+    # What the UNets predict: "auto" reads it from each UNet's training workdir (released weights: "eps").
+    c.prediction = "auto"
     c.aliased_skip = "auto"
     c.compute_dtype = "float32"
     # Generated mel -> wave: "vocoder" (the trained HiFi-GAN, as the original) or "griffin_lim" (no weights).
@@ -82,7 +84,7 @@ def get_config(variant: str = "tiny") -> ConfigDict:
     elif variant == "cpu":
         c.components = ConfigDict({name: f"workdir:workdirs/{CPU_STAGE[name]}" for name in COMPONENTS})
         c.condition_frames = 8
-        c.latents = ConfigDict(dict(image=(8, 8, 4), video=(8, 8, 8, 4), audio=(24, 16, 8), text=(16,)))
+        c.latents = ConfigDict(dict(image=(8, 8, 4), video=(8, 8, 8, 4), audio=(12, 8, 8), text=(16,)))
         c.audio_seconds = 0.96
         c.video_fps = 7.8125
         # Minutes of CPU training cannot make a HiFi-GAN that keeps the tones' harmonics (the run measures

@@ -7,8 +7,8 @@ import pytest
 
 from codi_jax.convert import golden
 from codi_jax.diffusion import (cfg_denoiser, ddim_parameters, ddim_timesteps, diffusion_loss,
-                                dpm_timesteps, draw_t_and_noise, eps_from_v, make_schedule, q_sample,
-                                sample, v_target)
+                                dpm_timesteps, draw_t_and_noise, eps_from_prediction, eps_from_v, make_schedule,
+                                q_sample, sample, v_target)
 from codi_jax.diffusion import schedule as schedule_lib
 
 # The issue asks the schedule and DDIM to match the original to 1e-6 (relative to max(1, |ref|max)
@@ -62,6 +62,13 @@ def test_q_sample_and_v_roundtrip(sched):
     eps = eps_from_v(sched, xt, t, v)
     for k in x0:
         np.testing.assert_allclose(eps[k], noise[k], atol=1e-5)
+    # Outputs of UNets trained on different targets: each converted by its own.
+    mixed = eps_from_prediction(sched, xt, t, {"img": v["img"], "txt": noise["txt"]}, {"img": "v", "txt": "eps"})
+    for k in x0:
+        np.testing.assert_allclose(mixed[k], noise[k], atol=1e-5)
+    assert eps_from_prediction(sched, xt, t, noise, "eps") is noise
+    with pytest.raises(ValueError, match="unknown prediction 'x0'"):
+        eps_from_prediction(sched, xt, t, noise, {"img": "x0", "txt": "eps"})
 
 
 def test_ddim_timesteps_follow_the_original(sched):

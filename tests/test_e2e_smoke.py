@@ -17,13 +17,21 @@ SMOKE = experiment.VARIANTS["smoke"]
 
 def test_plan_hands_every_stage_its_earlier_workdirs(tmp_path):
     plans = experiment.plan(tmp_path, SMOKE)
-    assert [p.name for p in plans] == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
+    stages = list(experiment.STAGES)
+    assert [p.name for p in plans] == stages[:2] + [experiment.ENCODINGS] + stages[2:] + [experiment.ABLATION_STAGE]
     by_name = {p.name: p for p in plans}
-    for p in plans:
+    encodings = by_name.pop(experiment.ENCODINGS)
+    assert (encodings.module, encodings.spec) == ("codi_jax.precompute", "configs/precompute.py:tiny")
+    assert encodings.overrides == {"init_from.autoencoders": str(tmp_path / "autoencoders"),
+                                   "init_from.bridging_align": str(tmp_path / "bridging_align")}
+    for p in by_name.values():
         assert p.workdir == tmp_path / p.name
         assert p.overrides["total_steps"] == 2
+        # The diffusers read the cache; the stages it is made from cannot.
+        assert p.overrides.get("data.encodings") == (
+            None if p.name in ("autoencoders", "bridging_align") else str(tmp_path / experiment.ENCODINGS))
         for key, value in p.overrides.items():
-            if key.startswith("init_from."):
+            if key.startswith("init_from.") and p.module == "codi_jax.train":
                 source = key.split(".", 1)[1]
                 assert value == str(tmp_path / source)
                 assert experiment.STAGES.index(source) < experiment.STAGES.index(p.config_name)
@@ -53,7 +61,8 @@ def test_cpu_plan_trains_the_carried_autoencoders_first(tmp_path):
         assert set(config.model.carried) == carried
         carried |= set(config.model.components)
     assert carried == {"optimus", "image_vae", "audio_vae"}
-    assert [p.name for p in plans[2:]] == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
+    assert [p.name for p in plans[2:] if p.name != experiment.ENCODINGS] == (list(experiment.STAGES)
+                                                                            + [experiment.ABLATION_STAGE])
 
 
 def test_finished_step_ignores_unfinished_saves(tmp_path):
@@ -127,6 +136,7 @@ def test_smoke_variant_end_to_end(tmp_path):
     for stage in experiment.STAGES + (experiment.ABLATION_STAGE,):
         assert f"stage {stage}: 2 steps in" in first.stdout
         assert experiment.finished_step(workdir / stage) == 2
+    assert f"stage {experiment.ENCODINGS}: 64 examples in" in first.stdout
     report = (workdir / "report" / "results.md").read_text()
     for heading in ("## Single input -> single output", "## Multi-condition", "## Joint generation",
                     "## Context-wiring ablation", "## Unseen combinations", "![samples](results_grid.png)"):
@@ -143,5 +153,5 @@ def test_smoke_variant_end_to_end(tmp_path):
 
     second = subprocess.run(command, cwd=REPO, env=_environment(), capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert second.stdout.count("exists, skipped") == len(experiment.STAGES) + 1
+    assert second.stdout.count("exists, skipped") == len(experiment.STAGES) + 2
     assert json.loads((workdir / "eval" / "results.json").read_text()) == results

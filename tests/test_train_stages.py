@@ -8,10 +8,12 @@ frozen / trainable split is checked leaf by leaf against the initial state.
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from codi_jax.train import freeze, loop
+from codi_jax.data import pipeline
+from codi_jax.train import freeze, handoff, loop
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.defaults import load_config_file
 from codi_jax.train.stages.components import param_group
@@ -76,7 +78,8 @@ def test_autoencoders_tiny(tmp_path):
 
 def test_autoencoders_carry_an_earlier_runs_component(tmp_path):
     """model.carried: Optimus trained alone, then carried untouched through an image-VAE run, whose
-    checkpoint hands both on (the cpu run's text_vae -> autoencoders)."""
+    checkpoint hands both on (the cpu run's text_vae -> autoencoders), with the latent scales the
+    diffusers of later stages take."""
     short = {"total_steps": 3, "log_every_steps": 1, "checkpoint_every_steps": 3, "sample_every_steps": 100}
     text = load("autoencoders", **short, **{"model.components": ("optimus",)})
     _, _, text_final, _ = run(text, tmp_path / "text")
@@ -91,6 +94,22 @@ def test_autoencoders_carry_an_earlier_runs_component(tmp_path):
     assert set(carried) == set(optimus)
     for path, array in optimus.items():
         np.testing.assert_array_equal(carried[path], array, err_msg=path)
+    # Every checkpoint records each coder's latent scale: 1 / the rms of its posterior samples.
+    measured = handoff.saved_config(str(tmp_path / "image"))["measured"]["latent_scale"]
+    assert set(measured) == {"image_vae", "optimus"}
+    batch = pipeline.probe_batch(image.data, ["image", "text"], 256)
+    params = jax.device_get(final.full_params())
+    posterior = trainer.stage.networks.apply(params, "image_vae", batch["image"], method="encode")
+    rms = np.sqrt(np.mean(np.square(posterior.mean) + np.square(posterior.std)))
+    assert measured["image_vae"] == pytest.approx(1 / rms, rel=1e-4)
+    # A diffuser whose coder says latent_scale "measured" takes it from that run, and records it.
+    ldm = load("image_ldm", **{"model.image_vae.latent_scale": "measured",
+                               "init_from.autoencoders": str(tmp_path / "image")})
+    ldm_trainer = loop.Trainer(ldm, str(tmp_path / "ldm"))
+    assert ldm_trainer.stage.networks["image_vae"].scale_factor == pytest.approx(measured["image_vae"])
+    assert ldm_trainer.config.model.image_vae.overrides.scale_factor == pytest.approx(measured["image_vae"])
+    with pytest.raises(ConfigError, match="latent_scale 'measured' needs config.init_from.autoencoders"):
+        loop.Trainer(load("image_ldm", **{"model.image_vae.latent_scale": "measured"}), str(tmp_path / "ldm2"))
     with pytest.raises(ConfigError, match="needs config.init_from.autoencoders"):
         loop.Trainer(load("autoencoders", **{"model.components": ("image_vae",), "model.carried": ("optimus",)}),
                      str(tmp_path / "bad"))
@@ -126,3 +145,41 @@ def test_ldm_tiny(tmp_path, name):
     for group, (changed, _) in groups.items():
         if group != f"{unet}:base":
             assert changed == 0, group
+
+
+class _Tokens:
+    """Prompt encoders whose encodings are known: modality m of example i is the vector m + 10 i."""
+    value = {"text": 1.0, "image": 2.0, "audio": 4.0}
+
+    def encode(self, params, modality, batch, rng):
+        return (self.value[modality] + 10.0 * jnp.arange(batch["n"].shape[0]))[:, None, None] * jnp.ones((1, 1, 3))
+
+    def unconditional(self, params, modality, rng):
+        return jnp.full((1, 1, 3), -self.value[modality])
+
+
+def test_conditioning_picks_one_condition_or_mixes_a_subset():
+    from codi_jax.train.stages.ldm import Conditioning
+
+    batch = {"n": jnp.zeros(4096)}
+    encoders = _Tokens()
+    one = Conditioning(encoders, ("text", "image", "audio"), dropout=0.0, mix=False)
+    w = np.asarray(one.weights(jax.random.key(0), 4096))
+    assert set(np.unique(w)) == {0.0, 1.0} and np.all(w.sum(0) == 1)
+    assert np.allclose(w.mean(1), 1 / 3, atol=0.03)  # each condition equally often
+    mixed = Conditioning(encoders, ("text", "image", "audio"), dropout=0.0, mix=True)
+    w = np.asarray(mixed.weights(jax.random.key(1), 4096))
+    np.testing.assert_allclose(w.sum(0), 1.0, rtol=1e-6)
+    sizes = np.sum(w > 0, axis=0)
+    # Each condition kept with probability 1/2, one drawn when none is: singles 3/8 + 1/8, pairs 3/8, all 1/8.
+    assert np.allclose([np.mean(sizes == k) for k in (1, 2, 3)], [1 / 2, 3 / 8, 1 / 8], atol=0.03)
+    # The context is the weighted mix of the example's encodings: a subset mean of {1, 2, 4}, plus 10 i.
+    means = {1.0: 1, 2.0: 1, 4.0: 1, 1.5: 2, 2.5: 2, 3.0: 2, 7 / 3: 3}
+    context = np.asarray(mixed(None, batch, jax.random.key(1)))[:, 0, 0] - 10.0 * np.arange(4096)
+    nearest = np.array([min(means, key=lambda m: abs(m - c)) for c in context])
+    np.testing.assert_allclose(context, nearest, atol=1e-2)  # float32 at values up to 4e4
+    assert np.mean([means[m] == 1 for m in nearest]) == pytest.approx(1 / 2, abs=0.03)
+    # Dropped examples get the unconditional inputs mixed alike.
+    context = np.asarray(Conditioning(encoders, ("text", "image", "audio"), dropout=1.0, mix=True)(
+        None, batch, jax.random.key(1)))[:, 0, 0]
+    assert all(min(abs(c + m) for m in means) < 1e-5 for c in context)

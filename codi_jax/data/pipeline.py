@@ -14,7 +14,9 @@ proportional interleave), so one batch holds one objective's modalities.
 
 Datasets: "shapes_tones" generates examples on the fly from (split, index) (no preparation; the CPU
 default); "records" reads a directory in the shared schema (codi_jax.data.records) written by
-`python -m data_pipelines.shapes_tones` or the real-data converters in data_pipelines/.
+`python -m data_pipelines.shapes_tones` or the real-data converters in data_pipelines/; "encoded" reads
+cached encodings (codi_jax.data.encodings, written by `python -m codi_jax.precompute`): the objective's
+modalities pick the latents and prompt encodings each example carries instead of its media.
 The batch format is documented in codi_jax/data/__init__.py.
 """
 from __future__ import annotations
@@ -26,11 +28,11 @@ import grain
 import ml_collections
 import numpy as np
 
-from codi_jax.data import preprocess, records, tokenizers
+from codi_jax.data import encodings, preprocess, records, tokenizers
 from codi_jax.data import shapes_tones as st
 
 MODALITIES = ("image", "video", "audio", "text")
-DATASETS = ("shapes_tones", "records")
+DATASETS = ("shapes_tones", "records", "encoded")
 DEFAULT_MAX_LENGTH = {"clip": tokenizers.CLIP_MAX_LENGTH, "bert": 32, "gpt2": 32}
 
 _log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ def default_config(objectives: Sequence[str] = ("text_image",), *, weights: Sequ
     ))
     config.shapes_tones = ml_collections.ConfigDict(dict(
         resolution=resolution, examples=dict(train=1_000_000, validation=2048, test=2048)))
+    # A cache directory of codi_jax.precompute: when set, every objective reads its cached encodings instead.
+    config.encodings = ""
     config.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
     config.shuffle = True
     config.read_threads = 2
@@ -140,6 +144,30 @@ class LoadExample:
         return out
 
 
+class LoadEncoded:
+    """Cache index -> the cached fields of `modalities` (latent/<m>, latent_std/<m>, embedding/<m>), the
+    example's split index and attributes."""
+
+    def __init__(self, source: encodings.EncodingSource, modalities: Sequence[str]):
+        self.source = source
+        fields = [k for k in source.features.keys() if "/" in k]
+        self.fields = [k for k in fields if k.split("/", 1)[1] in modalities]
+        missing = sorted(set(modalities) - {k.split("/", 1)[1] for k in self.fields})
+        if missing:
+            raise ValueError(f"{source!r} holds no encodings of {missing}; it has {sorted(fields)}")
+
+    def __call__(self, index: int) -> dict:
+        raw = self.source[int(index)]
+        out = {k: raw[k] for k in self.fields}
+        out.update({k: np.int32(raw[k]) for k in encodings.INT_FIELDS})
+        return out
+
+
+def reads_encodings(data_config) -> bool:
+    """Whether every objective of the data config reads cached encodings (no media, no token ids)."""
+    return bool(data_config.get("encodings")) or all(o.dataset == "encoded" for o in data_config.objectives.values())
+
+
 def _merged_preprocessing(config, objective) -> dict:
     merged = config.preprocess.to_dict()
     for modality, overrides in (objective.get("preprocess") or {}).items():
@@ -154,15 +182,19 @@ def _check_objective(name: str, objective) -> tuple[str, ...]:
         raise ValueError(f"objective {name!r}: modalities {modalities} must be a non-empty subset of {MODALITIES}")
     if objective.dataset not in DATASETS:
         raise ValueError(f"objective {name!r}: unknown dataset {objective.dataset!r}; expected one of {DATASETS}")
-    if objective.dataset == "records" and not objective.get("path"):
-        raise ValueError(f"objective {name!r}: dataset 'records' needs `path` (a prepared dataset directory)")
+    if objective.dataset in ("records", "encoded") and not objective.get("path"):
+        raise ValueError(f"objective {name!r}: dataset {objective.dataset!r} needs `path` (a prepared dataset or "
+                         "encodings directory)")
     if objective.weight <= 0:
         raise ValueError(f"objective {name!r}: weight must be positive, got {objective.weight}")
     return modalities
 
 
-def _objective_dataset(name: str, objective, config, text_tokenizers: Mapping, *, per_host_batch: int,
-                       process_index: int, process_count: int, seed: int) -> grain.IterDataset:
+def example_loader(name: str, objective, config, text_tokenizers: Mapping, process_count: int = 1):
+    """(source, load) of one objective: `load(i)` is example i of the source, preprocessed (a dict of numpy
+    arrays), or None for a corrupt one that `skip_corrupt` drops."""
+    if config.get("encodings"):
+        objective = ml_collections.ConfigDict(dict(objective.to_dict(), dataset="encoded", path=config.encodings))
     modalities = _check_objective(name, objective)
     if objective.dataset == "shapes_tones":
         examples = config.shapes_tones.examples
@@ -171,13 +203,22 @@ def _objective_dataset(name: str, objective, config, text_tokenizers: Mapping, *
                              f"shapes_tones.examples; expected one of {tuple(examples)}")
         source = ShapesTonesSource(objective.split, examples[objective.split], config.shapes_tones.resolution,
                                    modalities)
+    elif objective.dataset == "encoded":
+        source = encodings.EncodingSource(objective.path, objective.split)
     else:
         source = RecordExamples(objective.path, objective.split, modalities)
     if len(source) < process_count:
         raise ValueError(f"objective {name!r}: {len(source)} examples cannot be shared by {process_count} hosts")
+    if objective.dataset == "encoded":
+        return source, LoadEncoded(source, modalities)
     used = dict(text_tokenizers) if "text" in modalities else {}
-    load = LoadExample(source, modalities, _merged_preprocessing(config, objective), used, config.skip_corrupt)
+    return source, LoadExample(source, modalities, _merged_preprocessing(config, objective), used,
+                               config.skip_corrupt)
 
+
+def _objective_dataset(name: str, objective, config, text_tokenizers: Mapping, *, per_host_batch: int,
+                       process_index: int, process_count: int, seed: int) -> grain.IterDataset:
+    source, load = example_loader(name, objective, config, text_tokenizers, process_count)
     dataset = grain.MapDataset.range(len(source))
     if config.shuffle:
         dataset = dataset.shuffle(seed=seed)
@@ -222,3 +263,18 @@ def make_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: i
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
     return iter(dataset)
+
+
+def probe_batch(data_config: ml_collections.ConfigDict, modalities: Sequence[str], num_examples: int,
+                split: str = "validation") -> dict:
+    """The first `num_examples` of `split` (in order, unshuffled) with `modalities`, as one batch: the fixed
+    examples a stage probe scores. Read from the dataset of the config's first objective (on-the-fly Shapes &
+    Tones, prepared records or cached encodings) with the config's preprocessing."""
+    config = ml_collections.ConfigDict(data_config.to_dict())
+    first = config.objectives[sorted(config.objectives)[0]]
+    config.objectives = ml_collections.ConfigDict({"probe": dict(
+        dataset=first.dataset, path=first.get("path", ""), split=split, modalities=tuple(modalities), weight=1.0)})
+    config.encodings = data_config.get("encodings", "")
+    config.shuffle, config.num_epochs, config.worker_count = False, 1, 0
+    return next(make_dataset(config, global_batch_size=num_examples))
+

@@ -13,9 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from codi_jax.diffusion.schedule import Schedule, batch_size, q_sample, v_target
-
-PREDICTIONS = ("eps", "v")
+from codi_jax.diffusion.schedule import PREDICTIONS, Schedule, batch_size, q_sample, v_target
 
 
 def draw_t_and_noise(rng: jax.Array, x0_tree, num_timesteps: int):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -145,3 +146,15 @@ def eps_from_v(schedule: Schedule, xt_tree, t: jax.Array, v_tree):
                 + _per_example(schedule.sqrt_one_minus_alphas_cumprod, t, xt) * xt)
     return jax.tree.map(one, xt_tree, v_tree)
 
+
+PREDICTIONS = ("eps", "v")
+
+
+def eps_from_prediction(schedule: Schedule, xt_tree, t: jax.Array, pred_tree, prediction):
+    """The epsilon the samplers take from a model output: itself for "eps", converted for "v". `prediction` is
+    one target for every leaf or {top-level key: target} (outputs of UNets trained on different targets)."""
+    if isinstance(prediction, Mapping):
+        return {k: eps_from_prediction(schedule, xt_tree[k], t, p, prediction[k]) for k, p in pred_tree.items()}
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+    return pred_tree if prediction == "eps" else eps_from_v(schedule, xt_tree, t, pred_tree)

@@ -74,3 +74,15 @@ def mel_to_wave(log_mel, num_samples: int | None = None, iterations: int = 32, s
     if num_samples is None:
         num_samples = (log_mel.shape[0] - 1) * mel.HOP_LENGTH
     return griffin_lim(mel_to_magnitude(log_mel), num_samples, iterations, seed)
+
+
+def mels_to_waves(log_mels, num_samples: int, iterations: int = 8) -> np.ndarray:
+    """A batch of log-mels [B, T, 64] -> waves [B, num_samples]: each inverted over its own frames, then cut or
+    zero-padded to num_samples (the vocoder's output length), as generated audio is decoded without a vocoder."""
+    log_mels = np.asarray(log_mels, np.float32)
+    waves = np.zeros((log_mels.shape[0], num_samples), np.float32)
+    for i, m in enumerate(log_mels):
+        wave = mel_to_wave(m, iterations=iterations)[:num_samples]
+        waves[i, :wave.size] = wave
+    return waves
+

@@ -360,6 +360,16 @@ def render_markdown(results: Sequence[Mapping], info: Mapping, grid_name: str | 
         for stage in info["stages"]:
             out.append(f"| {stage['name']} | `{stage['config']}` | {stage.get('steps', '–')} | "
                        f"{stage['wall_time']} |")
+    if info.get("probes"):
+        out += ["", "## Stage probes", "",
+                "What each stage exists for, measured while it trained on fixed validation examples "
+                "(codi_jax.eval.probes; every stage's probes.json): autoencoders read back through encode -> "
+                "decode, prompt-encoder retrieval top-1 (correct when the retrieved example shares the attributes "
+                "both modalities carry), each diffuser's generations from each condition, and latent alignment's "
+                "joint against independent text -> video + audio. Last probe of each stage:", ""]
+        out += list(info["probes"])
+        if info.get("probe_plot"):
+            out += ["", f"![probe curves]({info['probe_plot']})"]
     n = results[0]["n"] if results else 0
     out += ["", "## How it is scored", "",
             f"Every cell is {n} examples of the Shapes & Tones test split (the same examples in every cell), "

@@ -6,8 +6,10 @@
 runs, in order, each stage's config variant (`cpu`, or `tiny` for smoke) through `python -m codi_jax.train`
 in WORKDIR/<stage>, handing every finished stage's workdir to the later stages that take it
 (`config.init_from.<stage>`):
-  autoencoders -> bridging_align -> image_ldm -> video_ldm -> audio_ldm -> text_ldm -> latent_align,
-preceded in the cpu run by text_vae -> image_vae (configs/autoencoders.py:cpu_text, cpu_image: Optimus
+  autoencoders -> bridging_align -> [encodings] -> image_ldm -> video_ldm -> audio_ldm -> text_ldm -> latent_align,
+where `encodings` is `python -m codi_jax.precompute` (configs/precompute.py): the trained autoencoders and
+prompt encoders run once over the training data, and every later stage reads that cache
+(`config.data.encodings`) instead of encoding its batches again; preceded in the cpu run by text_vae -> image_vae (configs/autoencoders.py:cpu_text, cpu_image: Optimus
 and the image VAE trained on their own, each run carrying the earlier ones on, the last one handed to
 autoencoders as its init_from.autoencoders), plus latent_align_own, the same latent alignment with the
 released code's context wiring (`own`) for the wiring ablation. Then `codi_jax.eval.shapes_tones_eval`
@@ -15,7 +17,8 @@ generates every cell through `python -m codi_jax.sample --batch` (the sampling c
 WORKDIR/eval/sample_*.json) and scores it.
 The report goes to docs/results.md + docs/results_grid.png for `cpu`, WORKDIR/report/ for `smoke`.
 
-Resumable: a stage whose final checkpoint exists is skipped, and generations already written are kept.
+Resumable: a stage whose final checkpoint (the cache: its every split) exists is skipped, and generations
+already written are kept.
 Per-stage wall times are printed and kept in WORKDIR/timings.json (so a resumed run still reports them);
 each stage's log is WORKDIR/logs/<stage>.log.
 
@@ -40,6 +43,7 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAGES = ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm", "text_ldm", "latent_align")
 ABLATION_STAGE = "latent_align_own"
+ENCODINGS = "encodings"  # the precompute step's name and folder (codi_jax.precompute)
 WIRING_KEY = "model.wiring"
 # The stage whose checkpoint the sampling pipeline takes each component from: the last one that trains it.
 COMPONENT_STAGES = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
@@ -96,6 +100,17 @@ def finished_step(workdir: pathlib.Path) -> int | None:
     return max(steps) if steps else None
 
 
+def encodings_done(workdir: pathlib.Path, splits) -> bool:
+    """Whether a cache directory holds every split of `splits` ({split: examples}) in full."""
+    from codi_jax.data import encodings
+
+    try:
+        done = encodings.read_metadata(workdir)["splits"]
+    except (encodings.CacheError, KeyError):
+        return False
+    return all(done.get(split) == count for split, count in splits.items())
+
+
 @dataclasses.dataclass
 class StagePlan:
     name: str
@@ -103,6 +118,7 @@ class StagePlan:
     config_variant: str
     overrides: dict
     workdir: pathlib.Path
+    module: str = "codi_jax.train"
 
     @property
     def spec(self) -> str:
@@ -123,6 +139,13 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
         config_name = "latent_align" if name == ABLATION_STAGE else name
         config = load_stage_config(config_name, variant.train)
         overrides = dict(variant.train_overrides)
+        if name == "image_ldm":  # the frozen encoders run once, then every diffuser reads their cache
+            plans.append(StagePlan(ENCODINGS, "precompute", variant.train, {
+                "init_from.autoencoders": str(workdir / "autoencoders"),
+                "init_from.bridging_align": str(workdir / "bridging_align")}, workdir / ENCODINGS,
+                module="codi_jax.precompute"))
+        if STAGES.index(config_name) >= STAGES.index("image_ldm"):
+            overrides["data.encodings"] = str(workdir / ENCODINGS)
         for source in config.init_from.keys():
             if source not in STAGES or source == config_name:  # its own: the chain's last run, below
                 continue
@@ -138,15 +161,20 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
     return plans
 
 
-def run_stage(stage: StagePlan, variant: Variant, logs: pathlib.Path) -> tuple[bool, float, int]:
-    """Train one stage through `python -m codi_jax.train`, its output in logs/<stage>.log; skipped when
-    its final checkpoint exists. Returns (ran, wall seconds, total steps)."""
+def run_stage(stage: StagePlan, variant: Variant, logs: pathlib.Path) -> tuple[bool, float, int | str]:
+    """Run one step of the plan (`python -m codi_jax.train`, or the precompute), its output in logs/<stage>.log;
+    skipped when its final checkpoint (or its whole cache) exists. Returns (ran, wall seconds, steps)."""
     config = load_stage_config(stage.config_name, stage.config_variant)
-    total = int(dict(variant.train_overrides).get("total_steps", config.total_steps))
-    last = finished_step(stage.workdir)
-    if last is not None and last >= total:
-        return False, 0.0, total
-    command = [sys.executable, "-m", "codi_jax.train", f"--config={stage.spec}",
+    if stage.module == "codi_jax.precompute":
+        amount = f"{config.splits.train} examples"
+        done = encodings_done(stage.workdir, config.splits)
+    else:
+        amount = int(dict(variant.train_overrides).get("total_steps", config.total_steps))
+        last = finished_step(stage.workdir)
+        done = last is not None and last >= amount
+    if done:
+        return False, 0.0, amount
+    command = [sys.executable, "-m", stage.module, f"--config={stage.spec}",
                f"--workdir={stage.workdir}"] + [f"--config.{k}={v}" for k, v in stage.overrides.items()]
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{stage.name}.log"
@@ -161,7 +189,7 @@ def run_stage(stage: StagePlan, variant: Variant, logs: pathlib.Path) -> tuple[b
         tail = log_path.read_text().splitlines()[-15:]
         raise RuntimeError(f"stage {stage.name} failed (exit {status}); last lines of {log_path}:\n"
                            + "\n".join(tail))
-    return True, seconds, total
+    return True, seconds, amount
 
 
 def sampling_config(workdir: pathlib.Path, variant: Variant, align_stage: str, wiring: str):
@@ -271,9 +299,11 @@ def train(stages: list[StagePlan], variant: Variant, workdir: pathlib.Path, timi
         if ran:
             timings[stage.name] = seconds
             _save_timings(workdir, timings)
-            _log(f"stage {stage.name}: {steps} steps in {_format_seconds(seconds)}")
+            _log(f"stage {stage.name}: {steps}{'' if isinstance(steps, str) else ' steps'} in "
+                 f"{_format_seconds(seconds)}")
         else:
-            _log(f"stage {stage.name}: final checkpoint (step {steps}) exists, skipped")
+            _log(f"stage {stage.name}: finished ({steps}{'' if isinstance(steps, str) else ' steps'}) exists, "
+                 "skipped")
         wall = _format_seconds(timings[stage.name]) if stage.name in timings else "–"
         rows.append({"name": stage.name, "config": stage.spec, "steps": steps,
                      "wall_time": wall + ("" if ran or stage.name not in timings else " (earlier run)")})
@@ -307,7 +337,8 @@ def main(argv=None) -> int:
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     started = time.perf_counter()
     try:
-        rows = train(plan(workdir, variant, ablation), variant, workdir, timings)
+        plans = plan(workdir, variant, ablation)
+        rows = train(plans, variant, workdir, timings)
     except ValueError as err:
         print(f"shapes_tones: error: {err}", file=sys.stderr)
         return 2
@@ -353,6 +384,12 @@ def main(argv=None) -> int:
                 "workdir": f"`{workdir}` (stage logs in logs/, generations in eval/outputs_*/)"},
         "stages": rows,
     }
+    from codi_jax.eval import probe_report
+
+    probes = probe_report.load({stage.name: stage.workdir for stage in plans})
+    if probes:
+        info["probes"] = probe_report.table(probes)
+        info["probe_plot"] = probe_report.plot(probes, report_dir / "probe_curves.png").name
     report = report_dir / "results.md"
     report.write_text(ste.render_markdown(outcome["results"], info, grid_name))
     _log(f"report: {report}")

@@ -42,6 +42,34 @@ def restore_params(workdir: str, use_ema: bool) -> tuple[int, dict[str, np.ndarr
     return step, freeze.flatten(freeze.merge(trainable, restored.get("frozen") or {}))
 
 
+@functools.lru_cache(maxsize=16)
+def saved_config(workdir: str) -> dict:
+    """The config (a plain dict) saved with the latest checkpoint of `workdir`: what the run was, e.g. which
+    target its diffusers predict (model.prediction) and the latent scales they were trained with."""
+    directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
+    if not directory.exists():
+        raise ConfigError(f"no checkpoints directory at {directory}")
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={"config": ocp.JsonCheckpointHandler()}) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise ConfigError(f"{directory} holds no finished checkpoint")
+        return dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+
+
+def measured_latent_scale(workdir: str, coder: str) -> float | None:
+    """The latent scale of `coder` (image_vae, audio_vae, optimus) a run measured (autoencoders) or resolved
+    from the run that measured it (the diffusers' runs keep the coder's weights and its scale), else None."""
+    saved = saved_config(workdir)
+    measured = saved.get("measured", {}).get("latent_scale", {})
+    if coder in measured:
+        return float(measured[coder])
+    spec = saved.get("model", {}).get(coder, {})
+    if spec.get("latent_scale") == "measured" and "scale_factor" in spec.get("overrides", {}):
+        return float(spec["overrides"]["scale_factor"])
+    return None
+
+
 def _prefixed(prefix: str) -> str:
     return prefix.rstrip(freeze.SEP) + freeze.SEP if prefix else ""
 

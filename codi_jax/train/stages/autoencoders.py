@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from codi_jax.data import mel, pipeline, tokenizers
-from codi_jax.models import discriminators
+from codi_jax.eval import probes
+from codi_jax.models import discriminators, optimus
 from codi_jax.models.discriminators import HifiGanDiscriminator, PatchDiscriminator
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages import adversarial
@@ -285,3 +286,80 @@ class AutoencodersStage(Stage):
             out["audio"].update({"vocoder_input": real,
                                  "vocoder_output": self.networks.apply(params, "vocoder", mel.log_mel(real))})
         return out
+
+    # -- measurements: the latent scale each coder's diffusers will use ----------------------------------------
+
+    def measurements(self, params) -> dict:
+        """{"latent_scale": {coder: 1 / rms of its latents}} over 256 validation examples: the scale that gives
+        the diffusers unit-variance latents (configs whose coder says latent_scale "measured" take it)."""
+        coders = [c for c in self.components + self.carried if c in ("image_vae", "audio_vae", "optimus")]
+        if not coders:
+            return {}
+        if not hasattr(self, "_measure"):
+            needs = sorted({m for c in coders for m in NEEDS[c]})
+            self._measure_batch = pipeline.probe_batch(self.config.data, needs, 256)
+            self._measure = jax.jit(functools.partial(self._latent_rms, coders=tuple(coders)))
+        rms = jax.device_get(self._measure(params, self._measure_batch))
+        return {"latent_scale": {c: float(1.0 / v) for c, v in rms.items()}}
+
+    def _latent_rms(self, params, batch, coders):
+        n, out = self.networks, {}
+        for c in coders:
+            if c == "optimus":
+                z = n.apply(params, "optimus", batch["text_ids/bert"], method="encode")[2]
+                out[c] = jnp.sqrt(jnp.mean(jnp.square(z)))
+                continue
+            if c == "image_vae":
+                posterior = n.apply(params, c, batch["image"], method="encode")
+            else:
+                posterior = n.apply(params, c, batch["audio"], self.config.losses.audio_frames, method="encode_wave")
+            # rms of posterior samples: E[z^2] = mean^2 + std^2
+            out[c] = jnp.sqrt(jnp.mean(jnp.square(posterior.mean) + jnp.square(posterior.std)))
+        return out
+
+    # -- probe: what each trained autoencoder gives back -------------------------------------------------------
+
+    def probe_outputs(self, params, batch, rng):
+        """{modality: reconstruction} through every trained component (posterior means; greedy text)."""
+        n, out = self.networks, {}
+        unit = lambda a: jnp.clip((a + 1.0) / 2.0, 0.0, 1.0)  # noqa: E731
+        if "image_vae" in self.components:
+            for m in ("image", "video"):
+                latent = n.apply(params, "image_vae", batch[m], method="to_latent")
+                out[m] = unit(n.apply(params, "image_vae", latent, method="from_latent"))
+        if "audio_vae" in self.components:
+            frames = self.config.losses.audio_frames
+            posterior = n.apply(params, "audio_vae", batch["audio"], frames, method="encode_wave")
+            out["audio"] = n.apply(params, "audio_vae", posterior.mean, method="decode")[..., 0]
+        if "vocoder" in self.components:
+            out["vocoder"] = n.apply(params, "vocoder", mel.log_mel(batch["audio"]))
+        if "optimus" in self.components:
+            z = n.apply(params, "optimus", batch["text_ids/bert"], method="to_latent")
+            out["text"] = optimus.generate(n["optimus"], params["optimus"]["params"], z, rng, greedy=True,
+                                           max_length=batch["text_ids/gpt2"].shape[1])
+        return out
+
+    def probe(self):
+        spec = self.config.get("probe")
+        if not spec or not spec.get("kind"):
+            return None
+        if spec.kind != "reconstruction":
+            raise ConfigError(f"config.probe.kind {spec.kind!r}: the autoencoders stage's probe is 'reconstruction'")
+        objective = next(iter(self.config.data.objectives.values()))
+        modalities = set(objective.modalities) | ({"video"} if "image_vae" in self.components else set())
+        batch = pipeline.probe_batch(self.config.data, sorted(modalities), spec.num_examples)
+        samples = self.config.data.preprocess.audio.num_samples
+        gpt2 = tokenizers.build_tokenizer("gpt2", self.config.data.preprocess.text.tokenizers.get(
+            "gpt2", {}).get("path", ""))
+
+        def finish(outputs):
+            if "audio" in outputs:
+                outputs["audio"] = probes.waves_from_mels(outputs["audio"], samples)
+            if "vocoder" in outputs:
+                outputs["audio:vocoder"] = outputs.pop("vocoder")
+            if "text" in outputs:
+                outputs["text"] = optimus.decode_text(gpt2, *outputs["text"])
+            return outputs
+
+        return probes.Probe("reconstruction", batch, self.probe_outputs, finish=finish)
+

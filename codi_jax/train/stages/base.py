@@ -11,7 +11,10 @@ A stage is built once from the config and the mesh. The trainer calls:
   numpy batch dicts (this host's share) with `get_state()` / `set_state()`;
 - `pretrained()` -> the components to copy from earlier runs' checkpoints;
 - `samples(params, batch, rng)` -> {"images"|"audio"|"text": {name: array}} to write to
-  TensorBoard (jitted by the trainer; {} when the stage has nothing to show).
+  TensorBoard (jitted by the trainer; {} when the stage has nothing to show);
+- `probe()` -> the stage's probe (codi_jax.eval.probes.Probe) as `config.probe` describes it, or None;
+- `measurements(params)` -> what later runs need to know about the trained networks (JSON), saved with
+  every checkpoint next to the config (`measured`), e.g. the autoencoders' latent scales.
 """
 from __future__ import annotations
 
@@ -61,6 +64,12 @@ class Stage(abc.ABC):
         return []
 
     def samples(self, params, batch, rng) -> dict:
+        return {}
+
+    def probe(self):
+        return None
+
+    def measurements(self, params) -> dict:
         return {}
 
 

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from codi_jax.data import pipeline, tokenizers
+from codi_jax.eval import probes
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.base import Pretrained, Stage
-from codi_jax.train.stages.components import MODALITIES, PROMPT_KEY, Networks, PromptEncoders, trainable_predicate
+from codi_jax.train.stages.components import (MODALITIES, Networks, PromptEncoders, has_input, media_shapes,
+                                              trainable_predicate)
 from codi_jax.train.stages.contrastive import INIT_LOGIT_SCALE, info_nce
 
 
@@ -45,7 +47,7 @@ class BridgingAlignStage(Stage):
             raise ConfigError("pairs with text need data.preprocess.text.tokenizers.clip")
         spec = config.data.preprocess.text.tokenizers.get("clip")
         self.encoders = PromptEncoders(self.networks, tokenizers.build_tokenizer("clip", spec.path) if spec else None,
-                                       spec.max_length if spec else 0)
+                                       spec.max_length if spec else 0, media_shapes(config.data))
         self._trainable = trainable_predicate(m.trainable)
         covered = set()
         for objective in config.data.objectives.values():
@@ -67,7 +69,7 @@ class BridgingAlignStage(Stage):
                                      process_index=process_index, process_count=process_count, seed=seed)
 
     def loss(self, params, batch, rng, step):
-        present = {name: pair for name, pair in self.pairs.items() if all(PROMPT_KEY[m] in batch for m in pair)}
+        present = {name: pair for name, pair in self.pairs.items() if all(has_input(batch, m, "prompt") for m in pair)}
         modalities = sorted({m for pair in present.values() for m in pair})
         keys = dict(zip(modalities, jax.random.split(rng, len(modalities))))
         embeddings = {m: self.encoders.encode(params, m, batch, keys[m]) for m in modalities}
@@ -83,3 +85,20 @@ class BridgingAlignStage(Stage):
     def pretrained(self):
         source = self.config.init_from.get("clip_from", "")
         return [Pretrained(source, "clip", "clip")] if source else []
+
+    def probe_outputs(self, params, batch, rng):
+        """{modality: [B, D]} prompt encodings of the probe examples, for every modality of a pair."""
+        modalities = sorted({m for pair in self.pairs.values() for m in pair})
+        keys = jax.random.split(rng, len(modalities))
+        return {m: self.encoders.encode(params, m, batch, k)[:, 0] for m, k in zip(modalities, keys)}
+
+    def probe(self):
+        spec = self.config.get("probe")
+        if not spec or not spec.get("kind"):
+            return None
+        if spec.kind != "retrieval":
+            raise ConfigError(f"config.probe.kind {spec.kind!r}: the bridging_align stage's probe is 'retrieval'")
+        modalities = sorted({m for pair in self.pairs.values() for m in pair})
+        batch = pipeline.probe_batch(self.config.data, modalities, spec.num_examples)
+        return probes.Probe("retrieval", batch, self.probe_outputs, pairs=tuple(self.pairs.values()))
+

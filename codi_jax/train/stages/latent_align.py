@@ -24,15 +24,16 @@ import jax.numpy as jnp
 
 from codi_jax.data import pipeline, tokenizers
 from codi_jax.diffusion.loss import diffusion_loss, draw_t_and_noise
-from codi_jax.diffusion.schedule import make_schedule, q_sample
+from codi_jax.diffusion.schedule import PREDICTIONS, eps_from_prediction, make_schedule, q_sample
+from codi_jax.eval import probes
 from codi_jax.models import codi
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.base import Pretrained, Stage, require_choice
 from codi_jax.train.stages.bridging_align import parse_pair
-from codi_jax.train.stages.components import (LATENT_CODER_OF, LATENT_KEY, PROMPT_ENCODER_OF, PROMPT_KEY, UNET_OF,
-                                              LatentCoders, Networks, PromptEncoders, trainable_predicate)
+from codi_jax.train.stages.components import (LATENT_CODER_OF, PROMPT_ENCODER_OF, UNET_OF, LatentCoders, Networks,
+                                              PromptEncoders, has_input, media_shapes, with_measured_scales, trainable_predicate)
 from codi_jax.train.stages.contrastive import INIT_LOGIT_SCALE, info_nce
-from codi_jax.train.stages.ldm import Conditioning, check_conditions
+from codi_jax.train.stages.ldm import Conditioning, check_conditions, guided_sample
 
 
 class LatentAlignStage(Stage):
@@ -47,20 +48,23 @@ class LatentAlignStage(Stage):
                 raise ConfigError(f"objective {name!r} has no data objective of that name in config.data.objectives")
         self.wiring = require_choice(m.wiring, codi.WIRINGS, "wiring")
         self.conditions = check_conditions(m.conditions, "latent_align")
+        self.prediction = require_choice(m.get("prediction", "eps"), PREDICTIONS, "prediction")
         modalities = {x for pair in self.pairs.values() for x in pair}
         self.unets = sorted({UNET_OF[x] for x in modalities})
         coders = sorted({LATENT_CODER_OF[x] for x in modalities})
         encoders = sorted({"clip"} | {PROMPT_ENCODER_OF[x] for x in self.conditions})
+        # The measured latent scales become part of this run's config (saved with its checkpoints).
+        config.model = m = with_measured_scales(m, config.init_from.get("autoencoders", ""))
         self.networks = Networks(m, self.unets + coders + encoders, dtype=jnp.dtype(config.dtype),
                                  remat_policy=config.remat_policy)
         self.codi = codi.build({name: self.networks[name] for name in self.unets})
         specs = config.data.preprocess.text.tokenizers
         if "clip" not in specs:
             raise ConfigError("latent_align needs data.preprocess.text.tokenizers.clip (the null condition is CLIP(''))")
-        if "text" in modalities and "bert" not in specs:
+        if "text" in modalities and "bert" not in specs and not pipeline.reads_encodings(config.data):
             raise ConfigError("text objectives need data.preprocess.text.tokenizers.bert (Optimus' encoder)")
         self.prompts = PromptEncoders(self.networks, tokenizers.build_tokenizer("clip", specs.clip.path),
-                                      specs.clip.max_length)
+                                      specs.clip.max_length, media_shapes(config.data))
         self.conditioning = Conditioning(self.prompts, self.conditions, m.cond_dropout) if self.conditions else None
         self.coders = LatentCoders(self.networks, m.audio_frames)
         self.schedule = make_schedule()
@@ -96,14 +100,14 @@ class LatentAlignStage(Stage):
         return self.codi.apply(variables, xt, t, context, wiring=self.wiring)
 
     def _context(self, params, batch, rng, b):
-        if self.conditioning is not None and all(PROMPT_KEY[x] in batch for x in self.conditions):
+        if self.conditioning is not None and all(has_input(batch, x, "prompt") for x in self.conditions):
             return self.conditioning(params, batch, rng)
-        null = self.prompts.unconditional(params, "text", batch, rng)
+        null = self.prompts.unconditional(params, "text", rng)
         return jnp.broadcast_to(jax.lax.stop_gradient(null), (b,) + null.shape[1:])
 
     def loss(self, params, batch, rng, step):
         m = self.config.model
-        present = {n: p for n, p in self.pairs.items() if all(LATENT_KEY[x] in batch for x in p)}
+        present = {n: p for n, p in self.pairs.items() if all(has_input(batch, x, "latent") for x in p)}
         if len(present) != 1:
             raise ConfigError(f"a batch must carry exactly one objective's pair; found {sorted(present)} in "
                               f"a batch with keys {sorted(batch)}")
@@ -113,7 +117,8 @@ class LatentAlignStage(Stage):
               for x, k in zip(pair, jax.random.split(k_lat, len(pair)))}
         b = next(iter(x0.values())).shape[0]
         context = self._context(params, batch, k_ctx, b)
-        mean_loss, aux = diffusion_loss(self._eps, params, x0, k_diff, self.schedule, context=context)
+        mean_loss, aux = diffusion_loss(self._eps, params, x0, k_diff, self.schedule, context=context,
+                                        prediction=self.prediction)
         loss = len(pair) * mean_loss  # L_A + L_B
         metrics = {f"{name}/loss": loss}
         metrics.update({f"{name}/eps_mse_{x}": v for x, v in aux["per_modality"].items()})
@@ -125,3 +130,52 @@ class LatentAlignStage(Stage):
             loss = loss + m.contrastive_weight * contrastive
             metrics.update({f"{name}/env_contrastive": contrastive, f"{name}/env_accuracy": accuracy})
         return loss, metrics
+
+    # -- probe: joint against independent generation ------------------------------------------------------
+
+    def probe_outputs(self, params, batch, rng):
+        """{"joint" | "independent": {output: decoded}} of the probe's outputs from its condition, one noise."""
+        spec = self.config.probe
+        condition, outputs = spec.get("condition", "text"), tuple(spec.get("outputs", ("video", "audio")))
+        k_cond, k_noise = jax.random.split(rng)
+        cond = self.prompts.encode(params, condition, batch, k_cond)
+        uncond = self.prompts.unconditional(params, condition, k_cond)
+        noise = {}
+        for i, m in enumerate(outputs):
+            shape = (cond.shape[0],) + self.coders.latent_shape(params, m, batch)
+            noise[m] = jax.random.normal(jax.random.fold_in(k_noise, i), shape)
+
+        def eps_fn(x, t, c):
+            return eps_from_prediction(self.schedule, x, t, self._eps(params, x, t, c), self.prediction)
+
+        sample = lambda x_T: guided_sample(  # noqa: E731
+            eps_fn, cond, uncond, x_T, schedule=self.schedule, guidance=float(spec.get("guidance", 7.5)),
+            method=spec.get("sampler", "dpmpp_2m"), steps=int(spec.get("steps", 10)))
+        joint = sample(noise)
+        independent = {}
+        for m in outputs:
+            independent.update(sample({m: noise[m]}))
+        return {name: {m: self.coders.decode(params, m, z) for m, z in latents.items()}
+                for name, latents in (("joint", joint), ("independent", independent))}
+
+    def probe(self):
+        spec = self.config.get("probe")
+        if not spec or not spec.get("kind"):
+            return None
+        if spec.kind != "joint":
+            raise ConfigError(f"config.probe.kind {spec.kind!r}: the latent_align stage's probe is 'joint'")
+        outputs = tuple(spec.get("outputs", ("video", "audio")))
+        if "text" in outputs:
+            raise ConfigError("config.probe.outputs: the joint probe reads image, video and audio outputs")
+        condition = spec.get("condition", "text")
+        batch = pipeline.probe_batch(self.config.data, sorted({condition, *outputs}), spec.num_examples)
+        samples = self.config.data.preprocess.audio.num_samples
+
+        def finish(generated):
+            for outs in generated.values():
+                if "audio" in outs:
+                    outs["audio"] = probes.waves_from_mels(outs["audio"], samples)
+            return generated
+
+        return probes.Probe("joint", batch, self.probe_outputs, finish=finish, condition=condition)
+
