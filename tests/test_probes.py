@@ -3,6 +3,8 @@
 The "outputs" here are the Shapes & Tones validation examples themselves (what a perfect autoencoder, prompt
 encoder or diffuser would give back), and the same outputs paired with the wrong examples.
 """
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,19 @@ def test_probe_log_keeps_every_step_and_replaces_a_repeat(tmp_path):
     log.add(20, {"accuracy": 0.8})
     again = probes.ProbeLog(tmp_path)
     assert [e["step"] for e in again.entries] == [10, 20] and again.latest() == {"accuracy": 0.8}
+
+
+def test_a_probe_of_another_stage_is_one_config_error():
+    import jax
+
+    from codi_jax.parallel import mesh as mesh_lib
+    from codi_jax.train import stages
+    from codi_jax.train.defaults import load_config_file
+    from codi_jax.train.errors import ConfigError
+
+    config = load_config_file(f"{pathlib.Path(__file__).resolve().parents[1]}/configs/bridging_align.py:tiny")
+    config.probe.kind = "generation"
+    stage = stages.build(config, mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
+    with pytest.raises(ConfigError, match=r"^config.probe.kind 'generation': the bridging_align stage's probe is "
+                                          r"'retrieval'$"):
+        stage.probe()

@@ -389,3 +389,15 @@ def _child_main():
 
 if __name__ == "__main__":
     _child_main()
+
+
+def test_a_workdir_without_checkpoints_is_one_config_error(tmp_path):
+    from codi_jax.train import handoff
+    from codi_jax.train.errors import ConfigError
+    from codi_jax.train.stages.base import Pretrained
+
+    with pytest.raises(ConfigError, match=f"^no checkpoints directory at {re.escape(str(tmp_path))}/checkpoints$"):
+        handoff.saved_config(str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ConfigError, match=r"^init_from: .*/checkpoints holds no finished checkpoint$"):
+        handoff.load_overrides([Pretrained(str(tmp_path), "clip", "clip")], {}, use_ema=False)

@@ -7,6 +7,7 @@ subtree becomes a flat {target path: sharded array} of overrides for the state i
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -20,17 +21,24 @@ from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.base import Pretrained
 
 
+@contextlib.contextmanager
+def _latest(workdir: str, item: str, handler):
+    """(read-only CheckpointManager, latest step) of `workdir`, reading its `item` with `handler`."""
+    directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
+    if not directory.exists():
+        raise ConfigError(f"no checkpoints directory at {directory}")
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={item: handler}) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise ConfigError(f"{directory} holds no finished checkpoint")
+        yield manager, step
+
+
 @functools.lru_cache(maxsize=4)
 def restore_params(workdir: str, use_ema: bool) -> tuple[int, dict[str, np.ndarray]]:
     """(step, {path: host array}) of the full parameter tree in the latest checkpoint of `workdir`."""
-    directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
-    if not directory.exists():
-        raise ConfigError(f"init_from: no checkpoints directory at {directory}")
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise ConfigError(f"init_from: {directory} holds no finished checkpoint")
+    with _latest(workdir, "state", ocp.PyTreeCheckpointHandler()) as (manager, step):
         meta = manager.item_metadata(step).state
         wanted = {"params": meta["params"], "frozen": meta["frozen"]}
         if use_ema and meta.get("ema"):
@@ -46,14 +54,7 @@ def restore_params(workdir: str, use_ema: bool) -> tuple[int, dict[str, np.ndarr
 def saved_config(workdir: str) -> dict:
     """The config (a plain dict) saved with the latest checkpoint of `workdir`: what the run was, e.g. which
     target its diffusers predict (model.prediction) and the latent scales they were trained with."""
-    directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
-    if not directory.exists():
-        raise ConfigError(f"no checkpoints directory at {directory}")
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={"config": ocp.JsonCheckpointHandler()}) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise ConfigError(f"{directory} holds no finished checkpoint")
+    with _latest(workdir, "config", ocp.JsonCheckpointHandler()) as (manager, step):
         return dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
 
 
@@ -79,7 +80,10 @@ def load_overrides(sources: list[Pretrained], abstract_params: dict, *, use_ema:
     ours = freeze.flatten(abstract_params)
     overrides: dict[str, jax.Array] = {}
     for src in sources:
-        step, theirs = restore_params(str(src.workdir), use_ema)
+        try:
+            step, theirs = restore_params(str(src.workdir), use_ema)
+        except ConfigError as err:
+            raise ConfigError(f"init_from: {err}") from None
         head, target = _prefixed(src.source), _prefixed(src.target)
         matched = {p[len(head):]: a for p, a in theirs.items() if p.startswith(head)}
         if not matched:

@@ -340,11 +340,9 @@ class AutoencodersStage(Stage):
         return out
 
     def probe(self):
-        spec = self.config.get("probe")
-        if not spec or not spec.get("kind"):
+        spec = self.probe_spec("reconstruction")
+        if spec is None:
             return None
-        if spec.kind != "reconstruction":
-            raise ConfigError(f"config.probe.kind {spec.kind!r}: the autoencoders stage's probe is 'reconstruction'")
         objective = next(iter(self.config.data.objectives.values()))
         modalities = set(objective.modalities) | ({"video"} if "image_vae" in self.components else set())
         batch = pipeline.probe_batch(self.config.data, sorted(modalities), spec.num_examples)

@@ -67,7 +67,18 @@ class Stage(abc.ABC):
         return {}
 
     def probe(self):
+        """The stage's codi_jax.eval.probes.Probe, or None; see probe_spec."""
         return None
+
+    def probe_spec(self, kind: str):
+        """config.probe when it is on (a kind is set), else None; a kind other than this stage's `kind` is a
+        ConfigError."""
+        spec = self.config.get("probe")
+        if not spec or not spec.get("kind"):
+            return None
+        if spec.kind != kind:
+            raise ConfigError(f"config.probe.kind {spec.kind!r}: the {self.config.stage} stage's probe is {kind!r}")
+        return spec
 
     def measurements(self, params) -> dict:
         return {}

@@ -93,11 +93,9 @@ class BridgingAlignStage(Stage):
         return {m: self.encoders.encode(params, m, batch, k)[:, 0] for m, k in zip(modalities, keys)}
 
     def probe(self):
-        spec = self.config.get("probe")
-        if not spec or not spec.get("kind"):
+        spec = self.probe_spec("retrieval")
+        if spec is None:
             return None
-        if spec.kind != "retrieval":
-            raise ConfigError(f"config.probe.kind {spec.kind!r}: the bridging_align stage's probe is 'retrieval'")
         modalities = sorted({m for pair in self.pairs.values() for m in pair})
         batch = pipeline.probe_batch(self.config.data, modalities, spec.num_examples)
         return probes.Probe("retrieval", batch, self.probe_outputs, pairs=tuple(self.pairs.values()))

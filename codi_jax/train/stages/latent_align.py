@@ -159,11 +159,9 @@ class LatentAlignStage(Stage):
                 for name, latents in (("joint", joint), ("independent", independent))}
 
     def probe(self):
-        spec = self.config.get("probe")
-        if not spec or not spec.get("kind"):
+        spec = self.probe_spec("joint")
+        if spec is None:
             return None
-        if spec.kind != "joint":
-            raise ConfigError(f"config.probe.kind {spec.kind!r}: the latent_align stage's probe is 'joint'")
         outputs = tuple(spec.get("outputs", ("video", "audio")))
         if "text" in outputs:
             raise ConfigError("config.probe.outputs: the joint probe reads image, video and audio outputs")

@@ -197,11 +197,9 @@ class LdmStage(Stage):
         return out
 
     def probe(self):
-        spec = self.config.get("probe")
-        if not spec or not spec.get("kind"):
+        spec = self.probe_spec("generation")
+        if spec is None:
             return None
-        if spec.kind != "generation":
-            raise ConfigError(f"config.probe.kind {spec.kind!r}: the ldm stage's probe is 'generation'")
         needed = set(self.conditions) | set(self.modalities)
         batch = pipeline.probe_batch(self.config.data, sorted(needed), spec.num_examples)
         return probes.Probe("generation", batch, self.probe_outputs, finish=self._finish)
