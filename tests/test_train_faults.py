@@ -37,6 +37,8 @@ from codi_jax.train.defaults import load_config_file
 from codi_jax.train.errors import CheckpointError, ConfigError, NonFiniteError
 from codi_jax.train.stages import toy
 
+from train_state import assert_bitwise, host
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOY = str(REPO / "configs" / "toy.py")
 SETTINGS = {"total_steps": 8, "checkpoint_every_steps": 4, "log_every_steps": 4, "sample_every_steps": 1000,
@@ -53,18 +55,6 @@ def _config(**overrides):
             target = target[p]
         target[last] = value
     return config
-
-
-def _host(state):
-    return jax.tree.map(np.asarray, jax.device_get((state.params, state.frozen, state.opt_state, state.ema,
-                                                    state.step, state.skipped)))
-
-
-def _assert_bitwise(a, b):
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(leaves_a) == len(leaves_b)
-    for x, y in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(x, y)
 
 
 def _listing(workdir) -> list[str]:
@@ -106,7 +96,7 @@ def base(tmp_path_factory):
 def reference(base, tmp_path_factory):
     """Host state of an uninterrupted run from checkpoint 4 to step 8."""
     workdir = _copy(base, tmp_path_factory.mktemp("reference"), drop=(8,))
-    return _host(loop.Trainer(_config(), str(workdir)).run())
+    return host(loop.Trainer(_config(), str(workdir)).run())
 
 
 def _largest_array_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -184,7 +174,7 @@ def test_resume_after_fallback_is_bitwise_identical(base, reference, tmp_path):
     trainer = loop.Trainer(_config(), str(workdir))
     _damage(workdir / "checkpoints" / "8", "altered values", trainer.layout.abstract)
     final = trainer.run()
-    _assert_bitwise(_host(final), reference)
+    assert_bitwise(host(final), reference)
     assert _listing(workdir) == ["4", "8", "8.damaged"]
 
 
@@ -235,7 +225,7 @@ def test_kill_during_write_then_resume(base, reference, compile_cache, tmp_path)
     while _listing(workdir) != ["4"]:
         assert time.time() < deadline, _listing(workdir)
         time.sleep(0.1)
-    _assert_bitwise(_host(trainer.run()), reference)
+    assert_bitwise(host(trainer.run()), reference)
     assert _listing(workdir) == ["4", "8"]
 
 

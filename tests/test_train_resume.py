@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from codi_jax.train import loop
 from codi_jax.train.defaults import load_config_file
+
+from train_state import assert_bitwise, host
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOY = str(REPO / "configs" / "toy.py")
@@ -53,18 +53,6 @@ def _config(**overrides):
     return config
 
 
-def _host(state):
-    return jax.tree.map(np.asarray, jax.device_get((state.params, state.frozen, state.opt_state, state.ema,
-                                                    state.step, state.skipped)))
-
-
-def _assert_bitwise(a, b):
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(leaves_a) == len(leaves_b)
-    for x, y in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(x, y)
-
-
 def _data_state(workdir, step):
     path = pathlib.Path(workdir) / "checkpoints" / str(step) / "data" / "process_0-of-1.json"
     return json.loads(path.read_text())["state"]
@@ -83,7 +71,7 @@ def straight(tmp_path_factory):
     """2N steps without interruption: the reference."""
     workdir = tmp_path_factory.mktemp("straight")
     state = loop.Trainer(_config(checkpoint_every_steps=N), str(workdir)).run()
-    return _host(state), workdir
+    return host(state), workdir
 
 
 def test_sigkill_then_resume_is_bitwise_identical(straight, tmp_path):
@@ -106,7 +94,7 @@ def test_sigkill_then_resume_is_bitwise_identical(straight, tmp_path):
     resumed = loop.Trainer(_config(checkpoint_every_steps=N), str(tmp_path)).run()
     # Same compiled program, same data order (iterator state restored), same per-step rng
     # (fold_in(seed, step)): the resumed parameters, moments and EMA equal the straight run's bit for bit.
-    _assert_bitwise(_host(resumed), reference)
+    assert_bitwise(host(resumed), reference)
     assert _data_state(tmp_path, 2 * N) == _data_state(ref_dir, 2 * N) == {"batches": 2 * N}
 
 
@@ -132,7 +120,7 @@ def test_sigterm_writes_checkpoint_exits_zero_and_resumes(straight, tmp_path):
     assert _data_state(tmp_path, steps[0]) == {"batches": steps[0]}
 
     resumed = loop.Trainer(_config(checkpoint_every_steps=1000), str(tmp_path)).run()
-    _assert_bitwise(_host(resumed), reference)
+    assert_bitwise(host(resumed), reference)
 
 
 if __name__ == "__main__":
