@@ -21,13 +21,7 @@ SHORT = {"total_steps": 3, "log_every_steps": 1, "checkpoint_every_steps": 3, "s
 def _ldm_config(**extra):
     config = load_config_file(str(REPO / "configs" / "image_ldm.py") + ":tiny")
     config.data.shapes_tones.examples.train = 32
-    config.update(SHORT)
-    for key, value in extra.items():
-        target = config
-        *parents, last = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[last] = value
+    config.update_from_flattened_dict({**SHORT, **extra})
     return config
 
 

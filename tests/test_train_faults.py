@@ -48,12 +48,7 @@ CACHE_OPTIONS = {"jax_persistent_cache_min_compile_time_secs": 0, "jax_persisten
 
 def _config(**overrides):
     config = load_config_file(TOY + ":tiny")
-    for key, value in {**SETTINGS, **overrides}.items():
-        target = config
-        *parents, last = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[last] = value
+    config.update_from_flattened_dict({**SETTINGS, **overrides})
     return config
 
 

@@ -27,13 +27,7 @@ TOY = str(REPO / "configs" / "toy.py")
 
 def toy_config(**overrides):
     config = load_config_file(TOY + ":tiny")
-    config.tensorboard = False
-    for key, value in overrides.items():
-        target = config
-        *parents, last = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[last] = value
+    config.update_from_flattened_dict({"tensorboard": False, **overrides})
     return config
 
 
@@ -246,11 +240,7 @@ def test_cli_config_errors_exit_2(tmp_path, flag, message):
 ])
 def test_unknown_modality_objective_component(config_name, key, value, message):
     config = load_config_file(str(REPO / "configs" / f"{config_name}.py") + ":tiny")
-    target = config
-    *parents, last = key.split(".")
-    for p in parents:
-        target = target[p]
-    target[last] = value
+    config.update_from_flattened_dict({key: value})
     with pytest.raises(ConfigError) as info:
         loop.Trainer(config, "/nonexistent-unused")
     assert message in str(info.value) and "\n" not in str(info.value)

@@ -23,13 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def load(name, **overrides):
     config = load_config_file(str(REPO / "configs" / f"{name}.py") + ":tiny")
-    config.tensorboard = False
-    for key, value in overrides.items():
-        target = config
-        *parents, last = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[last] = value
+    config.update_from_flattened_dict({"tensorboard": False, **overrides})
     return config
 
 
