@@ -19,16 +19,15 @@ Variants:
         CLIP's text and image towers frozen (load them with init_from.clip_from = a workdir holding
         converted weights), CLAP and the temporal layers trained on text-audio and text-video records.
 """
-from codi_jax.train.defaults import CPU_RESOLUTION, base_config, component, probe_config, shapes_tones_data
+from codi_jax.train.defaults import CPU_RESOLUTION, base_config, model_components, probe_config, shapes_tones_data
 
 
 def get_config(variant: str = "tiny"):
     c = base_config("bridging_align", "./workdirs/bridging_align")
     c.init_from.clip_from = ""  # a workdir whose checkpoint holds `clip` (e.g. converted released weights)
+    # tiny / cpu: 32-d embeddings, the tiny UNets' context width; full: the released sizes.
+    c.model.update(model_components(("clip", "clap"), variant))
     if variant in ("tiny", "cpu"):
-        # 32-d embeddings: the tiny UNets' context width.
-        c.model.clip = component("tiny", projection_dim=32, max_positions=16)
-        c.model.clap = component("tiny", joint_embed_dim=32)
         c.model.pairs = ("text_audio", "text_video", "text_image")
         c.model.trainable = ("clip:*", "clap:*", "bridge:*")
     if variant == "tiny":
@@ -49,8 +48,6 @@ def get_config(variant: str = "tiny"):
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 25, 800, 800
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 30
     elif variant == "full":
-        c.model.clip = component("full")
-        c.model.clap = component("full")
         c.model.pairs = ("text_audio", "text_video")
         c.model.trainable = ("clap:*", "clip:temporal", "bridge:*")
         c.data = shapes_tones_data(["text_audio", "text_video"], resolution=224, num_frames=8, audio_samples=163840,

@@ -177,3 +177,31 @@ def test_conditioning_picks_one_condition_or_mixes_a_subset():
     context = np.asarray(Conditioning(encoders, ("text", "image", "audio"), dropout=1.0, mix=True)(
         None, batch, jax.random.key(1)))[:, 0, 0]
     assert all(min(abs(c + m) for m in means) < 1e-5 for c in context)
+
+
+class _TimestepOnlyV:
+    """Environment encoders that read nothing but the timestep: [B, 1, 8] unit vectors of t."""
+
+    def apply(self, params, name, x, t, method):
+        assert method == "env_encode"
+        angles = t[:, None].astype(jnp.float32) * jnp.arange(1, 9, dtype=jnp.float32) / 100.0
+        e = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+        return (e / jnp.linalg.norm(e, axis=-1, keepdims=True))[:, None]
+
+
+def test_env_contrastive_cannot_be_met_by_the_timestep_alone():
+    """latent_align's contrastive term noises the whole batch at one t: V reads the time embedding, so with a t per
+    example the pairs of a batch are told apart by t alone. Encoders that see only t score chance: every logit
+    equal, loss log(B), top-1 1/B (the first index wins every argmax)."""
+    from codi_jax.parallel import mesh as mesh_lib
+    from codi_jax.train import stages
+
+    config = load("latent_align", **{"model.contrastive_weight": 0.1})
+    stage = stages.build(config, mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}))
+    stage.networks = _TimestepOnlyV()
+    b = 16
+    x0 = {"text": jnp.zeros((b, 16)), "image": jnp.zeros((b, 8, 8, 4))}
+    for seed in range(3):
+        loss, accuracy = stage.env_contrastive({}, ("text", "image"), x0, jax.random.key(seed))
+        assert float(loss) == pytest.approx(np.log(b), rel=1e-5)
+        assert float(accuracy) == pytest.approx(1 / b)
