@@ -419,6 +419,12 @@ def resolve_checkpoint(path) -> tuple[str, int | None]:
                           "folder (checkpoints/<step>)")
 
 
+def held_components(path) -> list[str]:
+    """The components (COMPONENTS' names) whose weights a training workdir's latest checkpoint holds."""
+    tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
+    return [name for name in COMPONENTS if TRAINING_NAMES[name] in tops]
+
+
 class _WeightStore:
     """Reads each workdir checkpoint and released file once, however many components come from it."""
 
@@ -743,9 +749,9 @@ class CoDiPipeline:
         """Every component a training workdir (or its latest checkpoint folder) holds comes from it, the
         others from `config.components`; the networks are `config.models`."""
         config = copy.deepcopy(config)
-        tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
-        held = [name for name in COMPONENTS if TRAINING_NAMES[name] in tops]
+        held = held_components(path)
         if not held:
+            tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
             raise CheckpointError(f"checkpoint {path}: holds none of the components "
                                   f"{', '.join(TRAINING_NAMES.values())}; it has {sorted(tops)}")
         for name in held:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("weights")
     src.add_argument("--checkpoint", help="a training workdir (its latest checkpoint) or one checkpoint folder")
     src.add_argument("--config", default=None,
-                     help="sampling config FILE[:variant] (default configs/sample.py:full, or :tiny with "
-                          "--random-init)")
+                     help="sampling config FILE[:variant] (default: the one a --checkpoint's run implies, "
+                          "configs/sample.py:full, or :tiny with --random-init)")
     src.add_argument("--random-init", action="store_true",
                      help="every component randomly initialised (overrides the config's sources)")
     inp = p.add_argument_group("inputs")
@@ -81,9 +82,50 @@ def load_config(spec: str):
     if not hasattr(module, "get_config"):
         raise UsageError(f"--config: {path} has no get_config()")
     try:
-        return module.get_config(variant) if variant else module.get_config()
+        config = module.get_config(variant) if variant else module.get_config()
     except ValueError as err:
         raise UsageError(f"--config {spec}: {err}") from None
+    if not all(key in config for key in ("models", "components", "defaults")):
+        what = f"the training config of stage {config.stage}" if "stage" in config else "not a sampling config"
+        raise UsageError(f"--config {spec}: {what}; sampling takes a configs/sample.py variant (or --checkpoint "
+                         "WORKDIR alone, which reads the networks from the workdir's run)")
+    return config
+
+
+def _networks(spec) -> dict:
+    """A `models.<component>` entry as plain JSON values (tuples as lists), without the latent scale a run
+    measured and stored in it."""
+    spec = json.loads(json.dumps(spec.to_dict() if hasattr(spec, "to_dict") else spec))
+    spec.pop("latent_scale", None)
+    spec.get("overrides", {}).pop("scale_factor", None)
+    return spec
+
+
+def config_for_checkpoint(path: str):
+    """The sampling config a --checkpoint implies when no --config is given. A workdir converted from the
+    released files: configs/sample.py:full. A training workdir: the configs/sample.py size (tiny, cpu, full)
+    whose networks are the ones its run trained, every component the workdir does not hold taken from the
+    workdirs its run started from (its config.init_from), else from that size's own source."""
+    from codi_jax.train.handoff import saved_config
+
+    workdir, _ = pipeline.resolve_checkpoint(path)
+    if (pathlib.Path(workdir) / pipeline.RELEASED_MARKER).is_file():
+        return load_config("configs/sample.py:full")
+    saved = saved_config(workdir)
+    trained = saved.get("model", {})
+    for size in ("tiny", "cpu", "full"):
+        config = load_config(f"configs/sample.py:{size}")
+        names = [n for n in config.models if pipeline.TRAINING_NAMES[n] in trained]
+        if names and all(_networks(trained[pipeline.TRAINING_NAMES[n]]) == _networks(config.models[n])
+                         for n in names):
+            break
+    else:
+        raise UsageError(f"--checkpoint {path}: its networks ({saved.get('stage', 'unknown stage')}) are none of "
+                         "configs/sample.py's sizes (tiny, cpu, full); give --config")
+    for source in (p for p in saved.get("init_from", {}).values() if isinstance(p, str) and p):
+        for name in pipeline.held_components(source):
+            config.components[name] = f"workdir:{source}"
+    return config
 
 
 def _flag_fields(args) -> dict:
@@ -113,14 +155,18 @@ def requests_from_args(args, defaults) -> list[pipeline.Request]:
 
 
 def _setup(args):
-    variant = "tiny" if args.random_init else "full"
-    config = load_config(args.config or f"configs/sample.py:{variant}")
+    if args.checkpoint and args.random_init:
+        raise UsageError("--checkpoint and --random-init exclude each other")
+    if args.config:
+        config = load_config(args.config)
+    elif args.checkpoint:
+        config = config_for_checkpoint(args.checkpoint)
+    else:
+        config = load_config(f"configs/sample.py:{'tiny' if args.random_init else 'full'}")
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size: expected a positive integer, got {args.batch_size}")
         config.batch_size = args.batch_size
-    if args.checkpoint and args.random_init:
-        raise UsageError("--checkpoint and --random-init exclude each other")
     requests = requests_from_args(args, config.defaults)
     loaded = [pipeline.load_inputs(r) for r in requests]
     try:

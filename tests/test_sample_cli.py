@@ -2,6 +2,8 @@
 (exit status 2 with one line on stderr, nothing generated)."""
 import filecmp
 import json
+import pathlib
+import shlex
 
 import jax
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 
 from codi_jax import media, pipeline, sample
 from codi_jax.data import shapes_tones as st
+from codi_jax.train.defaults import load_config_file
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = ["--config", "configs/sample.py:tiny", "--no-progress", "--compilation-cache", "none", "--steps", "2"]
 
@@ -72,21 +77,29 @@ def test_batch_writes_one_folder_per_request_like_single_runs(inputs, tmp_path, 
     assert filecmp.cmpfiles(single, tmp_path / "out" / "b", names, shallow=False)[0] == names
 
 
-def _fake_training_run(workdir, config, steps):
-    """A workdir as the trainer writes it: the stage's tree holds components under their training names."""
+def _write_workdir(workdir, trees, saved_config, steps=(1,)):
+    """A workdir as the trainer writes it: {training name: variables} under params, and the run's config."""
     from codi_jax.train.checkpoint import Checkpointer
 
-    nets = pipeline.build_networks(config)
-    abstract = pipeline.abstract_variables(nets)
-    rng = np.random.default_rng(0)
-    trees = {"image_vae": pipeline.random_variables(abstract["autokl"], rng),
-             "unet_audio": pipeline.random_variables(abstract["unet_audio"], rng)}
     checkpointer = Checkpointer(str(workdir), max_to_keep=3, async_save=False)
     for step in steps:
-        state = {"params": {"unet_audio": trees["unet_audio"]}, "frozen": {"image_vae": trees["image_vae"]}}
-        checkpointer.save(step, jax.tree.map(np.asarray, state), {}, json.dumps({"stage": "fake"}))
+        state = {"params": {n: t for n, t in trees.items() if n.startswith("unet")},
+                 "frozen": {n: t for n, t in trees.items() if not n.startswith("unet")}}
+        checkpointer.save(step, jax.tree.map(np.asarray, state), {}, json.dumps(saved_config))
     checkpointer.wait()
     checkpointer.close()
+
+
+def _random_trees(config, components):
+    """Random variables of `components` (sampling names) at `config`'s sizes, keyed by their training names."""
+    abstract = pipeline.abstract_variables(pipeline.build_networks(config))
+    rng = np.random.default_rng(0)
+    return {pipeline.TRAINING_NAMES[c]: pipeline.random_variables(abstract[c], rng) for c in components}
+
+
+def _fake_training_run(workdir, config, steps):
+    trees = _random_trees(config, ("autokl", "unet_audio"))
+    _write_workdir(workdir, trees, {"stage": "fake"}, steps)
     return trees
 
 
@@ -108,6 +121,49 @@ def test_checkpoint_workdir_supplies_the_components_it_holds(inputs, tmp_path, c
     assert status == 2 and "only the latest step (2)" in err
 
 
+def _readme_generation_command() -> list[str]:
+    """The first command of README's "Generation" block, as a shell would split it."""
+    text = (REPO / "README.md").read_text().split("## Generation", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return shlex.split(text.replace("\\\n", " ").strip().splitlines()[0])
+
+
+def test_readme_generation_command_samples_a_tiny_training_workdir_without_a_config(tmp_path, monkeypatch):
+    """What README command 1 leaves (workdirs/latent_align, tiny networks) samples with the README's command as
+    written: the workdir's run says which networks, the components it does not hold stay random."""
+    argv = _readme_generation_command()
+    assert argv[:3] == ["python", "-m", "codi_jax.sample"] and "--config" not in argv
+    held = ("clip", "optimus", "autokl", "audio_vae", "unet_image", "unet_text", "unet_audio")
+    trees = _random_trees(sample.load_config("configs/sample.py:tiny"), held)
+    training = json.loads(load_config_file(str(REPO / "configs" / "latent_align.py")).to_json_best_effort())
+    _write_workdir(tmp_path / argv[argv.index("--checkpoint") + 1], trees, training)
+    monkeypatch.chdir(tmp_path)
+    assert sample.main(argv[3:] + ["--no-progress", "--compilation-cache", "none"]) == 0
+    out = tmp_path / argv[argv.index("--out") + 1]
+    assert sorted(p.name for p in out.iterdir()) == ["audio.wav", "request.json", "video.gif", "video.mp4"]
+    run = json.loads((out / "request.json").read_text())["run"]
+    assert run["config"] == "tiny"
+    assert {c for c, source in run["components"].items() if source.startswith("workdir:")} == set(held)
+    assert run["components"]["clap"] == run["components"]["vocoder"] == "random"
+
+
+def test_a_workdir_names_its_size_and_the_workdirs_its_run_started_from(tmp_path, capsys):
+    cpu = sample.load_config("configs/sample.py:cpu")
+    bridging = tmp_path / "bridging_align"
+    _write_workdir(bridging, _random_trees(cpu, ("clap",)), {"stage": "bridging_align"})
+    training = json.loads(load_config_file(str(REPO / "configs" / "latent_align.py") + ":cpu").to_json_best_effort())
+    training["init_from"] = {"bridging_align": str(bridging), "text_ldm": ""}
+    _write_workdir(tmp_path / "latent_align", _random_trees(cpu, ("unet_audio",)), training)
+    config = sample.config_for_checkpoint(str(tmp_path / "latent_align"))
+    assert config.variant == "cpu" and config.components.clap == f"workdir:{bridging}"
+    # Networks of no sampling size: one line, exit 2.
+    training["model"]["clip"]["overrides"]["projection_dim"] = 48
+    _write_workdir(tmp_path / "odd", _random_trees(cpu, ("unet_audio",)), training)
+    status, err = _run(["--checkpoint", tmp_path / "odd", "--text", "x", "--outputs", "image", "--out",
+                        tmp_path / "out"], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "its networks (latent_align) are none of configs/sample.py's sizes (tiny, cpu, full); give --config" in err
+
+
 BAD = [
     (["--outputs", "", "--text", "x"], "outputs: the list is empty"),
     (["--outputs", "image,smell", "--text", "x"], "outputs: unknown modality 'smell'"),
@@ -127,6 +183,8 @@ BAD = [
     (["--batch", "{batch}"], "batch request 'r2': outputs: unknown modality 'smell'"),
     (["--config", "configs/nope.py", "--outputs", "image"], "--config: no such file configs/nope.py"),
     (["--config", "configs/sample.py:huge", "--outputs", "image"], "unknown sample config variant 'huge'"),
+    (["--config", "configs/latent_align.py:tiny", "--outputs", "image", "--text", "x"],
+     "the training config of stage latent_align; sampling takes a configs/sample.py variant"),
     (["--checkpoint", "/no/such/run", "--outputs", "image"], "checkpoint /no/such/run: no such directory"),
     (["--checkpoint", "{tmp}", "--outputs", "image"], "neither a training workdir"),
 ]
