@@ -82,9 +82,14 @@ def load_config(spec: str):
     if not hasattr(module, "get_config"):
         raise UsageError(f"--config: {path} has no get_config()")
     try:
-        config = module.get_config(variant) if variant else module.get_config()
+        return module.get_config(variant) if variant else module.get_config()
     except ValueError as err:
         raise UsageError(f"--config {spec}: {err}") from None
+
+
+def load_sampling_config(spec: str):
+    """load_config, refusing (one line) a config that is not a sampling one, e.g. a training stage's."""
+    config = load_config(spec)
     if not all(key in config for key in ("models", "components", "defaults")):
         what = f"the training config of stage {config.stage}" if "stage" in config else "not a sampling config"
         raise UsageError(f"--config {spec}: {what}; sampling takes a configs/sample.py variant (or --checkpoint "
@@ -158,7 +163,7 @@ def _setup(args):
     if args.checkpoint and args.random_init:
         raise UsageError("--checkpoint and --random-init exclude each other")
     if args.config:
-        config = load_config(args.config)
+        config = load_sampling_config(args.config)
     elif args.checkpoint:
         config = config_for_checkpoint(args.checkpoint)
     else:
