@@ -420,8 +420,14 @@ def resolve_checkpoint(path) -> tuple[str, int | None]:
 
 
 def held_components(path) -> list[str]:
-    """The components (COMPONENTS' names) whose weights a training workdir's latest checkpoint holds."""
-    tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
+    """The components (COMPONENTS' names) whose weights a training workdir's latest checkpoint holds (from its
+    metadata: no array is read)."""
+    from codi_jax.train.handoff import saved_networks
+
+    try:
+        tops = saved_networks(resolve_checkpoint(path)[0])
+    except (ValueError, FileNotFoundError) as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
     return [name for name in COMPONENTS if TRAINING_NAMES[name] in tops]
 
 
@@ -749,9 +755,9 @@ class CoDiPipeline:
         """Every component a training workdir (or its latest checkpoint folder) holds comes from it, the
         others from `config.components`; the networks are `config.models`."""
         config = copy.deepcopy(config)
-        held = held_components(path)
+        tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
+        held = [name for name in COMPONENTS if TRAINING_NAMES[name] in tops]
         if not held:
-            tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
             raise CheckpointError(f"checkpoint {path}: holds none of the components "
                                   f"{', '.join(TRAINING_NAMES.values())}; it has {sorted(tops)}")
         for name in held:

@@ -50,6 +50,14 @@ def restore_params(workdir: str, use_ema: bool) -> tuple[int, dict[str, np.ndarr
     return step, freeze.flatten(freeze.merge(trainable, restored.get("frozen") or {}))
 
 
+def saved_networks(workdir: str) -> set[str]:
+    """The top-level names (networks) of the parameter tree in the latest checkpoint of `workdir`, read from the
+    checkpoint's metadata without restoring any array."""
+    with _latest(workdir, "state", ocp.PyTreeCheckpointHandler()) as (manager, step):
+        meta = manager.item_metadata(step).state
+    return set(meta["params"] or {}) | set(meta["frozen"] or {})
+
+
 @functools.lru_cache(maxsize=16)
 def saved_config(workdir: str) -> dict:
     """The config (a plain dict) saved with the latest checkpoint of `workdir`: what the run was, e.g. which
