@@ -47,13 +47,13 @@ def test_plan_hands_every_stage_its_earlier_workdirs(tmp_path):
 
 def test_cpu_plan_trains_the_carried_autoencoders_first(tmp_path):
     plans = experiment.plan(tmp_path, experiment.VARIANTS["cpu"])
-    text, image, autoencoders = plans[:3]
-    assert [(p.name, p.spec) for p in (text, image)] == [("text_vae", "configs/autoencoders.py:cpu_text"),
-                                                          ("image_vae", "configs/autoencoders.py:cpu_image")]
-    assert "init_from.autoencoders" not in text.overrides
-    assert image.overrides["init_from.autoencoders"] == str(tmp_path / "text_vae")
+    image, text, autoencoders = plans[:3]
+    assert [(p.name, p.spec) for p in (image, text)] == [("image_vae", "configs/autoencoders.py:cpu_image"),
+                                                          ("text_vae", "configs/autoencoders.py:cpu_text")]
+    assert "init_from.autoencoders" not in image.overrides
+    assert text.overrides["init_from.autoencoders"] == str(tmp_path / "image_vae")
     assert autoencoders.name == "autoencoders"
-    assert autoencoders.overrides["init_from.autoencoders"] == str(tmp_path / "image_vae")
+    assert autoencoders.overrides["init_from.autoencoders"] == str(tmp_path / "text_vae")
     # Each run trains what the next one carries; the autoencoders run ends up holding every component.
     carried = set()
     for p in plans[:3]:
@@ -61,8 +61,20 @@ def test_cpu_plan_trains_the_carried_autoencoders_first(tmp_path):
         assert set(config.model.carried) == carried
         carried |= set(config.model.components)
     assert carried == {"optimus", "image_vae", "audio_vae"}
-    assert [p.name for p in plans[2:] if p.name != experiment.ENCODINGS] == (list(experiment.STAGES)
-                                                                            + [experiment.ABLATION_STAGE])
+    chained = [p.name for p in plans[2:] if p.name not in (experiment.ENCODINGS, "bridging_text_video")]
+    assert chained == list(experiment.STAGES) + [experiment.ABLATION_STAGE]
+
+
+def test_cpu_plan_pretrains_the_text_tower_before_bridging(tmp_path):
+    by_name = {p.name: p for p in experiment.plan(tmp_path, experiment.VARIANTS["cpu"])}
+    text_video, bridging = by_name["bridging_text_video"], by_name["bridging_align"]
+    assert text_video.spec == "configs/bridging_align.py:cpu_text_video"
+    assert bridging.overrides["init_from.clip_from"] == str(tmp_path / "bridging_text_video")
+    first = experiment.load_stage_config("bridging_align", "cpu_text_video")
+    second = experiment.load_stage_config("bridging_align", "cpu")
+    assert first.model.pairs == ("text_video",) and "clip:*" in first.model.trainable
+    # The bridge: what the text tower learned from videos is kept while the other encoders align to it.
+    assert "clip:text" not in second.model.trainable and "clip:*" not in second.model.trainable
 
 
 def test_finished_step_ignores_unfinished_saves(tmp_path):

@@ -112,6 +112,33 @@ def test_autoencoders_carry_an_earlier_runs_component(tmp_path):
                      str(tmp_path / "bad2"))
 
 
+def test_optimus_word_dropout_hides_decoder_inputs(tmp_path):
+    """losses.optimus_word_dropout: the decoder's inputs after <BOS> become <PAD> at about that rate, the
+    targets stay the caption; out of [0, 1) is one ConfigError."""
+    config = load("autoencoders", **{"model.components": ("optimus",), "losses.optimus_word_dropout": 0.5})
+    stage = loop.Trainer(config, str(tmp_path / "run")).stage
+    batch = pipeline.probe_batch(config.data, ["text"], 64)
+    params = jax.device_get(stage.init(jax.random.key(0)))
+    seen, apply = {}, stage.networks.apply
+
+    def spy(params, name, *args, method=None):
+        if method == "decoder_logits":
+            seen["inputs"] = np.asarray(args[0])
+        return apply(params, name, *args, method=method)
+
+    stage.networks.apply = spy
+    stage._optimus(params, batch, jax.random.key(1), jnp.int32(0), config.losses)
+    ids, inputs = np.asarray(batch["text_ids/gpt2"])[:, :-1], seen["inputs"]
+    np.testing.assert_array_equal(inputs[:, 0], ids[:, 0])
+    kept = inputs[:, 1:] == ids[:, 1:]
+    assert np.all(kept | (inputs[:, 1:] == stage.gpt2_pad))
+    words = ids[:, 1:] != stage.gpt2_pad
+    assert 0.4 < 1 - kept[words].mean() < 0.6
+    with pytest.raises(ConfigError, match=r"losses.optimus_word_dropout must be in \[0, 1\), got 1.0"):
+        loop.Trainer(load("autoencoders", **{"model.components": ("optimus",), "losses.optimus_word_dropout": 1.0}),
+                     str(tmp_path / "bad"))
+
+
 @pytest.mark.slow  # about 180 s: CLIP video + CLAP compile
 def test_bridging_align_paper_setting(tmp_path):
     # The paper: CLIP text and image towers frozen; CLAP, CLIP's temporal layers and the temperatures train.

@@ -9,9 +9,11 @@ in WORKDIR/<stage>, handing every finished stage's workdir to the later stages t
   autoencoders -> bridging_align -> [encodings] -> image_ldm -> video_ldm -> audio_ldm -> text_ldm -> latent_align,
 where `encodings` is `python -m codi_jax.precompute` (configs/precompute.py): the trained autoencoders and
 prompt encoders run once over the training data, and every later stage reads that cache
-(`config.data.encodings`) instead of encoding its batches again; preceded in the cpu run by text_vae -> image_vae (configs/autoencoders.py:cpu_text, cpu_image: Optimus
-and the image VAE trained on their own, each run carrying the earlier ones on, the last one handed to
-autoencoders as its init_from.autoencoders), plus latent_align_own, the same latent alignment with the
+(`config.data.encodings`) instead of encoding its batches again. In the cpu run, autoencoders is preceded
+by image_vae -> text_vae (configs/autoencoders.py:cpu_image, cpu_text: the image VAE and Optimus trained on
+their own, each run carrying the earlier ones on, the last one handed to autoencoders as its
+init_from.autoencoders) and bridging_align by bridging_text_video (configs/bridging_align.py:cpu_text_video:
+the CLIP text tower pre-trained on text-video pairs, then frozen, init_from.clip_from); plus latent_align_own, the same latent alignment with the
 released code's context wiring (`own`) for the wiring ablation. Then `codi_jax.eval.shapes_tones_eval`
 generates every cell through `python -m codi_jax.sample --batch` (the sampling configs are written to
 WORKDIR/eval/sample_*.json) and scores it.
@@ -46,6 +48,7 @@ ABLATION_STAGE = "latent_align_own"
 ENCODINGS = "encodings"  # the precompute step's name and folder (codi_jax.precompute)
 WIRING_KEY = "model.wiring"
 # The stage whose checkpoint the sampling pipeline takes each component from: the last one that trains it.
+CHAIN_INIT = {"autoencoders": "autoencoders", "bridging_align": "clip_from"}
 COMPONENT_STAGES = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
                     "autokl": "autoencoders", "audio_vae": "autoencoders", "vocoder": "autoencoders",
                     "unet_image": "latent_align", "unet_text": "latent_align", "unet_audio": "latent_align"}
@@ -60,14 +63,16 @@ class Variant:
     steps: int
     report_in_docs: bool
     train_overrides: tuple = ()     # extra --config.key=value for every stage
-    # (stage, configs/autoencoders.py variant) runs before `autoencoders`, each training components alone that
-    # the next one carries on (model.carried): each one's workdir is the next one's init_from.autoencoders.
-    autoencoder_chain: tuple = ()
+    # {stage: ((name, configs/<stage>.py variant), ...)}: runs before `stage`, each one's workdir the next one's
+    # (and finally the stage's) init_from.<CHAIN_INIT[stage]>. The autoencoders chain trains components alone
+    # that the next run carries on (model.carried); the bridging chain pre-trains CLIP's text tower.
+    chains: tuple = ()
 
 
 VARIANTS = {
     "cpu": Variant(train="cpu", sample="cpu", num_examples=200, sampler="dpmpp_2m", steps=10, report_in_docs=True,
-                   autoencoder_chain=(("text_vae", "cpu_text"), ("image_vae", "cpu_image"))),
+                   chains=(("autoencoders", (("image_vae", "cpu_image"), ("text_vae", "cpu_text"))),
+                           ("bridging_align", (("bridging_text_video", "cpu_text_video"),)))),
     # Each tiny stage is cut to two steps: the smoke run checks that the stages hand over and that the
     # evaluation generates, reads, scores and reports, not what the tiny models learn.
     "smoke": Variant(train="tiny", sample="tiny", num_examples=2, sampler="ddim", steps=2, report_in_docs=False,
@@ -129,13 +134,15 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
     """The stages in order, each with its --config overrides: every `init_from.<stage>` a stage's config
     declares points at that earlier stage's workdir (other init_from entries keep their values)."""
     names = list(STAGES) + ([ABLATION_STAGE] if wiring_ablation else [])
-    plans = []
-    for name, config_variant in variant.autoencoder_chain:
-        overrides = dict(variant.train_overrides)
-        if plans:
-            overrides["init_from.autoencoders"] = str(plans[-1].workdir)
-        plans.append(StagePlan(name, "autoencoders", config_variant, overrides, workdir / name))
+    plans, chains = [], dict(variant.chains)
     for name in names:
+        chained = None
+        for link, config_variant in chains.get(name, ()):
+            overrides = dict(variant.train_overrides)
+            if chained is not None:
+                overrides[f"init_from.{CHAIN_INIT[name]}"] = str(chained.workdir)
+            chained = StagePlan(link, name, config_variant, overrides, workdir / link)
+            plans.append(chained)
         config_name = "latent_align" if name == ABLATION_STAGE else name
         config = load_stage_config(config_name, variant.train)
         overrides = dict(variant.train_overrides)
@@ -155,8 +162,8 @@ def plan(workdir: pathlib.Path, variant: Variant, wiring_ablation: bool = True) 
             overrides[f"init_from.{source}"] = str(workdir / source)
         if name == ABLATION_STAGE:
             overrides[WIRING_KEY] = "own"
-        if name == "autoencoders" and plans:
-            overrides["init_from.autoencoders"] = str(plans[-1].workdir)
+        if chained is not None:
+            overrides[f"init_from.{CHAIN_INIT[name]}"] = str(chained.workdir)
         plans.append(StagePlan(name, config_name, variant.train, overrides, workdir / name))
     return plans
 

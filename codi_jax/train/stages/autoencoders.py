@@ -135,6 +135,8 @@ class AutoencodersStage(Stage):
             specs = config.data.preprocess.text.tokenizers
             if "bert" not in specs or "gpt2" not in specs:
                 raise ConfigError("optimus needs data.preprocess.text.tokenizers 'bert' and 'gpt2'")
+            if not 0.0 <= losses.optimus_word_dropout < 1.0:
+                raise ConfigError(f"losses.optimus_word_dropout must be in [0, 1), got {losses.optimus_word_dropout}")
             self.gpt2_pad = tokenizers.build_tokenizer("gpt2", specs.gpt2.path).pad_id
 
     def _discriminator(self, model, component: str, dtype):
@@ -260,9 +262,16 @@ class AutoencodersStage(Stage):
 
     def _optimus(self, params, batch, rng, step, losses):
         _, _, mu, logvar = self.networks.apply(params, "optimus", batch["text_ids/bert"], method="encode")
-        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape)
+        k_z, k_drop = jax.random.split(rng)
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mu.shape)
         ids = batch["text_ids/gpt2"]
-        logits, _ = self.networks.apply(params, "optimus", ids[:, :-1], z, method="decoder_logits")
+        inputs = ids[:, :-1]
+        if losses.optimus_word_dropout > 0:
+            # Bowman et al.'s word dropout: decoder inputs after <BOS> become <PAD> at random, so the next word
+            # must come from z rather than from the words before it.
+            drop = jax.random.bernoulli(k_drop, losses.optimus_word_dropout, inputs.shape)
+            inputs = jnp.where(drop.at[:, 0].set(False), self.gpt2_pad, inputs)
+        logits, _ = self.networks.apply(params, "optimus", inputs, z, method="decoder_logits")
         targets = ids[:, 1:]
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
