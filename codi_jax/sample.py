@@ -10,7 +10,7 @@ an `id`; flags given on the command line are the lines' defaults) into OUT/<id>/
 configs/sample.py:tiny --random-init` runs randomly initialised networks (smoke tests, timing).
 
 Bad input (an unreadable or wrong-type file, an empty or unknown output, weights that do not match the
-inputs, a missing checkpoint, ...) prints one line on stderr and exits with status 2.
+inputs, a missing checkpoint, an --out folder already holding a generation, ...) prints one line on stderr and exits with status 2.
 """
 from __future__ import annotations
 
@@ -159,6 +159,15 @@ def requests_from_args(args, defaults) -> list[pipeline.Request]:
     return requests
 
 
+def _refuse_earlier_generation(folder: pathlib.Path) -> None:
+    """A folder holding another generation's files would end up mixing two (a text.txt beside a new image.png)."""
+    names = ["request.json"] + [n for files in media.OUTPUT_FILES.values() for n in files]
+    held = [n for n in names if (folder / n).exists()]
+    if held:
+        raise UsageError(f"--out: {folder} already holds a generation ({', '.join(held)}); give another folder "
+                         "or remove it")
+
+
 def _setup(args):
     if args.checkpoint and args.random_init:
         raise UsageError("--checkpoint and --random-init exclude each other")
@@ -173,6 +182,9 @@ def _setup(args):
             raise UsageError(f"--batch-size: expected a positive integer, got {args.batch_size}")
         config.batch_size = args.batch_size
     requests = requests_from_args(args, config.defaults)
+    out = pathlib.Path(args.out)
+    for folder in [out / r.id for r in requests] if args.batch else [out]:
+        _refuse_earlier_generation(folder)
     loaded = [pipeline.load_inputs(r) for r in requests]
     try:
         pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)

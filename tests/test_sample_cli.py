@@ -26,8 +26,10 @@ def inputs(tmp_path_factory):
     files = media.write_outputs(folder, {m: example[m] for m in ("image", "video", "audio")}, fps=8)
     paths = {p.suffix: str(p) for p in files}
     (folder / "broken.png").write_bytes(b"not a png")
+    media.write_outputs(folder / "one_frame", {"video": example["video"][:1], "audio": example["audio"][:0]}, fps=8)
     return {"text": example["text"], "image": paths[".png"], "video": paths[".mp4"], "audio": paths[".wav"],
-            "broken": str(folder / "broken.png")}
+            "broken": str(folder / "broken.png"), "one_frame": str(folder / "one_frame" / "video.mp4"),
+            "empty_wav": str(folder / "one_frame" / "audio.wav")}
 
 
 def _run(argv, capsys):
@@ -187,6 +189,13 @@ BAD = [
      "the training config of stage latent_align; sampling takes a configs/sample.py variant"),
     (["--checkpoint", "/no/such/run", "--outputs", "image"], "checkpoint /no/such/run: no such directory"),
     (["--checkpoint", "{tmp}", "--outputs", "image"], "neither a training workdir"),
+    (["--outputs", "image", "--text", ""], "text: expected a non-empty caption, got ''"),
+    (["--outputs", "image", "--audio", "{empty_wav}"], "audio {empty_wav}: no audio samples"),
+    (["--outputs", "image", "--video", "{one_frame}"], "video has 1 frames, too few: expected at least 4"),
+    (["--outputs", "image", "--text", "x", "--steps", "-3"], "steps: -3 is out of range"),
+    (["--outputs", "image", "--text", "x", "--out", "{earlier}"],
+     "--out: {earlier} already holds a generation (request.json, text.txt)"),
+    (["--batch", "{batch_ok}", "--out", "{tmp}"], "--out: {tmp}/r1 already holds a generation (request.json)"),
 ]
 
 
@@ -194,15 +203,25 @@ BAD = [
 def test_bad_input_exits_2_with_one_line(inputs, tmp_path, capsys, argv, message):
     batch = tmp_path / "requests.jsonl"
     batch.write_text('{"id": "r1", "outputs": ["image"]}\n{"id": "r2", "outputs": ["smell"]}\n')
-    fill = {**inputs, "batch": str(batch), "tmp": str(tmp_path)}
+    (tmp_path / "batch_ok.jsonl").write_text('{"id": "r1", "outputs": ["image"], "text": "x"}\n')
+    # Folders an earlier generation wrote: a single run's, and one request's of a batch into tmp_path.
+    for folder, names in ((tmp_path / "earlier", ("request.json", "text.txt")), (tmp_path / "r1", ("request.json",))):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("earlier\n")
+    fill = {**inputs, "batch": str(batch), "tmp": str(tmp_path), "batch_ok": str(tmp_path / "batch_ok.jsonl"),
+            "earlier": str(tmp_path / "earlier")}
     argv = [a.format(**fill) if isinstance(a, str) else a for a in argv]
     flags = [] if "--checkpoint" in argv else ["--random-init"]
-    status, err = _run(TINY + flags + argv + ["--out", tmp_path / "out"], capsys)
+    out = pathlib.Path(argv[argv.index("--out") + 1]) if "--out" in argv else tmp_path / "out"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    status, err = _run(TINY + flags + argv + ([] if "--out" in argv else ["--out", out]), capsys)
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("codi_jax.sample: error: "), err
     assert message.format(**fill) in lines[0]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # Nothing written, nothing an earlier run wrote touched.
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_missing_out_and_conflicting_sources(tmp_path, capsys):
