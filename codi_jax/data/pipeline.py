@@ -230,6 +230,29 @@ def _objective_dataset(name: str, objective, config, text_tokenizers: Mapping, *
     return dataset.batch(per_host_batch, drop_remainder=True)
 
 
+def batch_shapes(data_config: ml_collections.ConfigDict, name: str, global_batch_size: int) -> dict:
+    """{key: (shape, dtype)} of the global batches objective `name` yields (the format of
+    codi_jax/data/__init__.py), from the config alone: nothing is read, so a step can be compiled for
+    data that is not on this machine. Cached encodings take their shapes from the cache, so they are refused."""
+    objective = data_config.objectives[name]
+    modalities = _check_objective(name, objective)
+    if objective.dataset == "encoded" or data_config.get("encodings"):
+        raise ValueError(f"objective {name!r} reads cached encodings, whose shapes only the cache knows")
+    p, b = _merged_preprocessing(data_config, objective), int(global_batch_size)
+    shapes = {"index": ((b,), np.int32), **{attr: ((b,), np.int32) for attr in st.ATTRIBUTES}}
+    if "image" in modalities:
+        shapes["image"] = ((b, p["image"]["size"], p["image"]["size"], 3), np.float32)
+    if "video" in modalities:
+        v = p["video"]
+        shapes["video"] = ((b, v["num_frames"], v["size"], v["size"], 3), np.float32)
+    if "audio" in modalities:
+        shapes["audio"] = ((b, p["audio"]["num_samples"]), np.float32)
+    if "text" in modalities:
+        for tokenizer, spec in p["text"]["tokenizers"].items():
+            shapes[f"text_ids/{tokenizer}"] = ((b, spec["max_length"]), np.int32)
+    return shapes
+
+
 def make_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1, seed: int = 0) -> grain.DatasetIterator:
     """An iterator of per-host batches for the objectives of `data_config`, with get_state / set_state.

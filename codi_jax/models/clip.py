@@ -11,7 +11,8 @@ feed-forward is GEGLU with a channel LayerNorm of the same floored form. Its pos
 tables exist in the checkpoint but are never added (CoDi passes no frame rate).
 
 Layouts: ids [B, L]; images [B, S, S, 3]; videos [B, F, S, S, 3] (pixels already normalised, see
-`clip_preprocess`); hidden states [B, tokens, C].
+`clip_preprocess`); hidden states [B, tokens, C]. Every attention runs through codi_jax.models.attention
+(`attn_impl`); q is scaled after its projection, as the original, so the registry's own scale is 1.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from codi_jax.models.attention import dot_product_attention
 
 LN_EPS = 1e-5  # the modified HF copy builds every LayerNorm with torch's default, ignoring the config eps
 TEMPORAL_VAR_FLOOR = 1e-5  # fp32 floor of the temporal norms' variance (replaces an added eps)
@@ -69,6 +72,7 @@ class SelfAttention(nn.Module):
     width: int
     heads: int
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, bias=None):
@@ -78,11 +82,7 @@ class SelfAttention(nn.Module):
         q = split(_dense(self.width, ("embed", "heads"), dtype=self.dtype, name="q_proj")(x) * head_dim ** -0.5)
         k = split(_dense(self.width, ("embed", "heads"), dtype=self.dtype, name="k_proj")(x))
         v = split(_dense(self.width, ("embed", "heads"), dtype=self.dtype, name="v_proj")(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        if bias is not None:
-            scores = scores + bias
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, self.width)
+        out = dot_product_attention(q, k, v, bias, scale=1.0, impl=self.attn_impl).reshape(b, length, self.width)
         return _dense(self.width, ("heads", "embed"), dtype=self.dtype, name="out_proj")(out)
 
 
@@ -126,6 +126,7 @@ class TemporalAttention(nn.Module):
     width: int
     heads: int
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, rel_pos_bias):
@@ -144,9 +145,8 @@ class TemporalAttention(nn.Module):
                          2, axis=-1)
         split = lambda t: t.reshape(n, frames, self.heads, head_dim)
         q, k, v = split(q * head_dim ** -0.5), split(k), split(v)
-        scores = jnp.einsum("nihd,njhd->nhij", q, k).astype(jnp.float32) + rel_pos_bias
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("nhij,njhd->nihd", weights, v).reshape(n, frames, inner)
+        out = dot_product_attention(q, k, v, rel_pos_bias[None], scale=1.0, impl=self.attn_impl).reshape(
+            n, frames, inner)
         # to_out starts at zero so that the block is the identity at init (make-a-video's choice).
         out = _dense(self.width, ("heads", "embed"), use_bias=False, dtype=self.dtype, name="to_out",
                      kernel_init=nn.initializers.zeros_init())(out)
@@ -175,11 +175,12 @@ class SpatioTemporalAttention(nn.Module):
     width: int
     heads: int
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x):
         bias = TemporalRelPosBias(self.width // 2, self.heads, name="temporal_rel_pos_bias")(x.shape[1])
-        x = x + TemporalAttention(self.width, self.heads, self.dtype, name="temporal_attn")(x, bias)
+        x = x + TemporalAttention(self.width, self.heads, self.dtype, self.attn_impl, name="temporal_attn")(x, bias)
         return x + TemporalFeedForward(self.width, self.dtype, name="ff")(x)
 
 
@@ -190,13 +191,15 @@ class EncoderLayer(nn.Module):
     mlp: int
     temporal: bool = False
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, bias=None, frames: int | None = None):
-        x = x + SelfAttention(self.width, self.heads, self.dtype, name="self_attn")(
+        x = x + SelfAttention(self.width, self.heads, self.dtype, self.attn_impl, name="self_attn")(
             _layer_norm("layer_norm1", self.dtype)(x), bias)
         if self.temporal:
-            temporal = SpatioTemporalAttention(self.width, self.heads, self.dtype, name="temporal_self_attn")
+            temporal = SpatioTemporalAttention(self.width, self.heads, self.dtype, self.attn_impl,
+                                               name="temporal_self_attn")
             if frames is not None:
                 n, tokens, c = x.shape
                 b = n // frames
@@ -216,6 +219,7 @@ class TextTransformer(nn.Module):
     heads: int
     mlp: int
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, ids):
@@ -228,7 +232,8 @@ class TextTransformer(nn.Module):
         x = (tok(ids) + pos[:length]).astype(self.dtype)
         causal = jnp.where(jnp.tril(jnp.ones((length, length), bool)), 0.0, -jnp.inf).astype(jnp.float32)
         for i in range(self.layers):
-            x = EncoderLayer(self.width, self.heads, self.mlp, dtype=self.dtype, name=f"layers_{i}")(x, causal)
+            x = EncoderLayer(self.width, self.heads, self.mlp, dtype=self.dtype, attn_impl=self.attn_impl,
+                             name=f"layers_{i}")(x, causal)
         x = _layer_norm("final_layer_norm", self.dtype)(x)
         # EOS is the largest id, so argmax finds the first EOS (padding is EOS too).
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(ids, axis=-1)]
@@ -244,6 +249,7 @@ class VisionTransformer(nn.Module):
     mlp: int
     temporal: bool = True
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, pixels):
@@ -268,8 +274,8 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(patches.dtype), (n, 1, self.width)), patches], axis=1)
         x = _layer_norm("pre_layrnorm", self.dtype)((x + pos).astype(self.dtype))
         for i in range(self.layers):
-            x = EncoderLayer(self.width, self.heads, self.mlp, self.temporal, self.dtype, name=f"layers_{i}")(
-                x, frames=frames)
+            x = EncoderLayer(self.width, self.heads, self.mlp, self.temporal, self.dtype, self.attn_impl,
+                             name=f"layers_{i}")(x, frames=frames)
         if frames is not None:
             x = jnp.mean(x.reshape((n // frames, frames) + x.shape[1:]), axis=1)
         return x, _layer_norm("post_layernorm", self.dtype)(x[:, 0])
@@ -292,13 +298,14 @@ class CLIP(nn.Module):
     projection_dim: int
     temporal: bool = True
     dtype: Any = jnp.float32
+    attn_impl: str = "xla"
 
     def setup(self):
         self.text_model = TextTransformer(self.vocab_size, self.max_positions, self.text_width, self.text_layers,
-                                          self.text_heads, self.text_mlp, self.dtype)
+                                          self.text_heads, self.text_mlp, self.dtype, self.attn_impl)
         self.vision_model = VisionTransformer(self.image_size, self.patch_size, self.vision_width,
                                               self.vision_layers, self.vision_heads, self.vision_mlp,
-                                              self.temporal, self.dtype)
+                                              self.temporal, self.dtype, self.attn_impl)
         self.text_projection = _dense(self.projection_dim, ("embed", "mlp"), use_bias=False, dtype=self.dtype)
         self.visual_projection = _dense(self.projection_dim, ("embed", "mlp"), use_bias=False, dtype=self.dtype)
         # Part of the released weights (contrastive temperature); CoDi's encoders never read it.

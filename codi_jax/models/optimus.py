@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from codi_jax.models.attention import dot_product_attention
+
 Dtype = Any
 TEXT_SCALE = 4.3108
 BERT_MASK_VALUE = -10000.0
@@ -87,17 +89,17 @@ class BertLayer(nn.Module):
     eps: float
     dtype: Dtype = jnp.float32
     dense_init_std: float = 0.02
+    attn_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, mask_bias):
         h = self.hidden_size
+        b, length, _ = x.shape
         dense = functools.partial(_dense, dtype=self.dtype, std=self.dense_init_std)
-        q = _split_heads(dense(h, ("embed", "heads"), "query")(x), self.num_heads)
-        k = _split_heads(dense(h, ("embed", "heads"), "key")(x), self.num_heads)
-        v = _split_heads(dense(h, ("embed", "heads"), "value")(x), self.num_heads)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / np.sqrt(h // self.num_heads)
-        probs = jax.nn.softmax(scores + mask_bias, axis=-1).astype(v.dtype)
-        context = _merge_heads(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
+        # The registry's [B, L, heads, head_dim] layout; it scales by head_dim**-0.5 as BERT divides by its sqrt.
+        split = lambda t: t.reshape(b, length, self.num_heads, h // self.num_heads)  # noqa: E731
+        q, k, v = (split(dense(h, ("embed", "heads"), name)(x)) for name in ("query", "key", "value"))
+        context = dot_product_attention(q, k, v, mask_bias, impl=self.attn_impl).reshape(b, length, h)
         x = _layer_norm(self.eps, "attention_norm", self.dtype)(
             dense(h, ("heads", "embed"), "attention_out")(context) + x)
         inner = nn.gelu(dense(self.intermediate_size, ("embed", "mlp"), "intermediate")(x),
@@ -120,6 +122,7 @@ class BertEncoder(nn.Module):
     # BERT's / GPT-2's initializer_range; their 0.02 suits width 768, a 32-wide network from scratch needs
     # more (at 0.02 the tiny encoder passed on only the caption's first word after 3000 steps).
     dense_init_std: float = 0.02
+    attn_impl: str = "xla"  # codi_jax.models.attention; the GPT-2 decoder's cached attention is its own
 
     @nn.compact
     def __call__(self, ids):
@@ -138,7 +141,7 @@ class BertEncoder(nn.Module):
         mask_bias = jnp.where(ids > 0, 0.0, BERT_MASK_VALUE).astype(jnp.float32)[:, None, None, :]
         for i in range(self.num_layers):
             x = BertLayer(h, self.num_heads, self.intermediate_size, self.layer_norm_eps, self.dtype,
-                          self.dense_init_std, name=f"layer_{i}")(x, mask_bias)
+                          self.dense_init_std, self.attn_impl, name=f"layer_{i}")(x, mask_bias)
         pooled = jnp.tanh(dense(h, ("embed", "mlp"), "pooler")(x[:, 0]))
         stats = dense(2 * self.latent_size, ("embed", "mlp"), "linear", use_bias=False)(pooled)
         mu, logvar = jnp.split(stats.astype(jnp.float32), 2, axis=-1)
@@ -448,13 +451,13 @@ CONFIGS = {
 }
 
 
-def build(variant: str | dict, dtype: Dtype = jnp.float32) -> Optimus:
+def build(variant: str | dict, dtype: Dtype = jnp.float32, attn_impl: str = "xla") -> Optimus:
     if isinstance(variant, str):
         if variant not in CONFIGS:
             raise ValueError(f"unknown optimus variant {variant!r}; expected one of {sorted(CONFIGS)}")
         variant = CONFIGS[variant]
     extra = {k: v for k, v in variant.items() if k not in ("encoder", "decoder")}
-    return Optimus(encoder=BertEncoder(**variant["encoder"], dtype=dtype),
+    return Optimus(encoder=BertEncoder(**variant["encoder"], dtype=dtype, attn_impl=attn_impl),
                    decoder=GPT2Decoder(**variant["decoder"], dtype=dtype), **extra)
 
 

@@ -28,6 +28,7 @@ def base_config(stage: str, workdir: str) -> ml_collections.ConfigDict:
     c.nonfinite = "skip"                # NaN/inf loss or gradient: "skip" the update, or "stop" the run
     c.dtype = "float32"                 # compute dtype; parameters stay float32
     c.remat_policy = "none"             # passed to the networks: none | full | dots_saveable | ...
+    c.attn_impl = "xla"                 # attention kernel of the UNets, CLIP and BERT: xla | cudnn | pallas | splash
     c.tensorboard = True
     c.init_from_ema = True              # take the EMA weights of earlier stages where they exist
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})

@@ -39,12 +39,13 @@ def _start_distributed(dist) -> None:
         process_id=dist.process_id if dist.process_id >= 0 else None)
 
 
-def setup(config: ml_collections.ConfigDict):
-    """Checks the config and builds (mesh, stage); raises ConfigError on any bad value."""
+def setup(config: ml_collections.ConfigDict, devices=None):
+    """Checks the config and builds (mesh, stage) on `devices` (default: all of them; compile_plan passes a
+    TPU topology's compile-only devices); raises ConfigError on any bad value."""
     validation.check(config, stage_keys=stages.get(config.stage).config_keys)
     _start_distributed(config.distributed)
     try:
-        mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+        mesh = mesh_lib.make_mesh(config.mesh.to_dict(), devices)
     except mesh_lib.MeshConfigError as e:
         raise ConfigError(f"config.mesh: {e}") from None
     validation.check_batch(config, mesh)
@@ -73,9 +74,9 @@ class Trainer:
     step. `run()` is the loop. Tests and benchmarks use the pieces directly.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         self.config, self.workdir = config, workdir
-        self.mesh, self.stage = setup(config)
+        self.mesh, self.stage = setup(config, devices)
         self.optimizer, self.schedule = make_optimizer(config.optim, config.total_steps)
         self.init_key, self.step_key, self.sample_key = jax.random.split(jax.random.key(config.seed), 3)
         self.layout = make_layout(self.stage.init, self.stage.is_trainable, self.optimizer, self.mesh,

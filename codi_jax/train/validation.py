@@ -10,6 +10,7 @@ import math
 
 import ml_collections
 
+from codi_jax.models.attention import IMPLS as ATTN_IMPLS
 from codi_jax.train.errors import ConfigError
 
 _NUMBER = (int, float)
@@ -29,6 +30,7 @@ TRAINER_KEYS: dict[str, type | tuple] = {
     "nonfinite": str,
     "dtype": str,
     "remat_policy": str,
+    "attn_impl": str,
     "tensorboard": bool,
     "workdir": str,
     "init_from_ema": bool,
@@ -45,6 +47,7 @@ OPEN_SECTIONS = ("mesh", "model", "data", "init_from", "objectives", "losses", "
 CHOICES = {
     "nonfinite": ("skip", "stop"),
     "dtype": ("float32", "bfloat16"),
+    "attn_impl": ATTN_IMPLS,
 }
 
 

@@ -112,7 +112,7 @@ class AutoencodersStage(Stage):
         losses = config.losses
         dtype = jnp.dtype(config.dtype)
         self.networks = Networks(config.model, self.components + self.carried, dtype=dtype,
-                                 remat_policy=config.remat_policy)
+                                 remat_policy=config.remat_policy, attn_impl=config.attn_impl)
         self.discriminators = {}
         if losses.adversarial:
             for name in self.components:

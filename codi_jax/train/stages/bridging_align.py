@@ -42,7 +42,8 @@ class BridgingAlignStage(Stage):
             raise ConfigError("config.model.pairs is empty; expected e.g. ('text_audio', 'text_video')")
         used = {mod for pair in self.pairs.values() for mod in pair}
         names = ["clip"] + (["clap"] if "audio" in used else [])
-        self.networks = Networks(m, names, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy)
+        self.networks = Networks(m, names, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy,
+                                 attn_impl=config.attn_impl)
         if "text" in used and "clip" not in config.data.preprocess.text.tokenizers:
             raise ConfigError("pairs with text need data.preprocess.text.tokenizers.clip")
         spec = config.data.preprocess.text.tokenizers.get("clip")

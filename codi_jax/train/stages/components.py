@@ -41,15 +41,17 @@ LATENT_KEY = {"image": "image", "video": "video", "audio": "audio", "text": "tex
 _BUILDERS = {"clip": clip.build, "clap": clap.build, "image_vae": autoencoder.build, "audio_vae": autoencoder.build,
              "vocoder": vocoder.build, "unet_image": unet.build, "unet_audio": unet.build,
              "unet_text": unet_text.build}
-# Which constructor options each network takes from the trainer's dtype / remat_policy.
+# Which constructor options each network takes from the trainer's dtype / remat_policy / attn_impl (CLAP's
+# 64-token windows and GPT-2's cached decoding keep their own attention: no kernel serves them).
 _TAKES_REMAT = set(UNETS)
+_TAKES_ATTN_IMPL = set(UNETS) | {"clip", "optimus"}
 
 
 def _to_dict(value) -> dict:
     return value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
 
 
-def build(name: str, spec, *, dtype, remat_policy: str):
+def build(name: str, spec, *, dtype, remat_policy: str, attn_impl: str = "xla"):
     """One network from `{variant, overrides}`; ConfigError for an unknown component or preset."""
     if name not in COMPONENTS:
         raise ConfigError(f"unknown component {name!r}; expected one of {list(COMPONENTS)}")
@@ -60,10 +62,12 @@ def build(name: str, spec, *, dtype, remat_policy: str):
             for part in ("encoder", "decoder"):
                 preset[part] = {**preset[part], **overrides.get(part, {})}
             preset.update({k: v for k, v in overrides.items() if k not in ("encoder", "decoder")})
-            return optimus.build(preset, dtype=dtype)
+            return optimus.build(preset, dtype=dtype, attn_impl=attn_impl)
         extra = {"dtype": dtype}
         if name in _TAKES_REMAT:
             extra["remat_policy"] = remat_policy
+        if name in _TAKES_ATTN_IMPL:
+            extra["attn_impl"] = attn_impl
         return _BUILDERS[name](variant, **overrides, **extra)
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"config.model.{name}: {e}") from None
@@ -151,11 +155,12 @@ def trainable_predicate(groups):
 class Networks:
     """The components a stage names, built once; `apply(params, name, *args, method=...)` runs one."""
 
-    def __init__(self, model_config, names, *, dtype, remat_policy: str):
+    def __init__(self, model_config, names, *, dtype, remat_policy: str, attn_impl: str = "xla"):
         missing = [n for n in names if n not in model_config]
         if missing:
             raise ConfigError(f"config.model is missing the component(s) {missing} this stage needs")
-        self.modules = {n: build(n, model_config[n], dtype=dtype, remat_policy=remat_policy) for n in names}
+        self.modules = {n: build(n, model_config[n], dtype=dtype, remat_policy=remat_policy, attn_impl=attn_impl)
+                        for n in names}
 
     def __getitem__(self, name: str):
         return self.modules[name]

@@ -56,7 +56,7 @@ class LatentAlignStage(Stage):
         # The measured latent scales become part of this run's config (saved with its checkpoints).
         config.model = m = with_measured_scales(m, config.init_from.get("autoencoders", ""))
         self.networks = Networks(m, self.unets + coders + encoders, dtype=jnp.dtype(config.dtype),
-                                 remat_policy=config.remat_policy)
+                                 remat_policy=config.remat_policy, attn_impl=config.attn_impl)
         self.codi = codi.build({name: self.networks[name] for name in self.unets})
         specs = config.data.preprocess.text.tokenizers
         if "clip" not in specs:

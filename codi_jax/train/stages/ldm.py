@@ -104,7 +104,7 @@ class LdmStage(Stage):
         coders = [LATENT_CODER_OF[x] for x in self.modalities]
         names = [self.unet_name] + coders + sorted({PROMPT_ENCODER_OF[c] for c in self.conditions})
         self.networks = Networks(m, list(dict.fromkeys(names)), dtype=jnp.dtype(config.dtype),
-                                 remat_policy=config.remat_policy)
+                                 remat_policy=config.remat_policy, attn_impl=config.attn_impl)
         specs = config.data.preprocess.text.tokenizers
         needs_clip_text = "text" in self.conditions
         if needs_clip_text and "clip" not in specs:
