@@ -62,6 +62,8 @@ def _fail(message: str) -> None:
 
 def _axis_sizes(text: str) -> dict:
     """'fsdp=4,tensor=2' -> {"fsdp": 4, "tensor": 2}."""
+    from codi_jax.parallel.mesh import AXES
+
     sizes = {}
     for part in filter(None, text.split(",")):
         axis, _, size = part.partition("=")
@@ -69,6 +71,8 @@ def _axis_sizes(text: str) -> dict:
             sizes[axis.strip()] = int(size)
         except ValueError:
             raise UsageError(f"mesh axis {part!r}: expected AXIS=SIZE, e.g. fsdp=4") from None
+        if axis.strip() not in AXES:  # else dropped unseen: --mesh fsdp=4,tensr=2 would compile tensor=1
+            raise UsageError(f"mesh axis {axis.strip()!r}: expected one of {', '.join(AXES)}")
     return sizes
 
 
@@ -214,15 +218,19 @@ def run(config, argv) -> list[dict]:
 
     if _SLICES.value < 1:
         raise UsageError(f"--slices must be at least 1, got {_SLICES.value}")
-    devices, chip = topology.tpu_devices(_TOPOLOGY.value, _SLICES.value)
+    # The flags are checked before libtpu loads (it logs to stderr on a host without a TPU).
     named = _axis_sizes(_MESH.value)
     ici = {a: named.get(a, 1) for a in ("data", "fsdp", "tensor")} if named else None
     dcn = _axis_sizes(_DCN.value) or ({"data": _SLICES.value} if _SLICES.value > 1 else {})
     training = "stage" in config
+    if training and "objectives" not in config.data:
+        raise UsageError(f"stage {config.stage!r} has no config.data.objectives (it makes its own batches); "
+                         "compile_plan compiles stages fed by codi_jax.data.pipeline")
     if _BATCH.value is not None:
         config.batch_size = _BATCH.value
     if config.batch_size < 1:
         raise UsageError(f"--batch must be positive, got {config.batch_size}")
+    devices, chip = topology.tpu_devices(_TOPOLOGY.value, _SLICES.value)
     if training:
         config.mesh.update(ici or {})
         if dcn:

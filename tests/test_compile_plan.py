@@ -109,6 +109,9 @@ def test_largest_batch_is_the_largest_quantum_multiple_under_the_limit():
     (["--config", "configs/image_ldm.py:tiny", "--topology", "v5p-8", "--batch", "0"], "--batch must be positive"),
     (["--config", "configs/image_ldm.py:tiny", "--topology", "v5p-8", "--mesh", "fsdp"], "mesh axis 'fsdp'"),
     (["--topology", "v5p-8"], "--config and --topology are required"),
+    (["--config", "configs/image_ldm.py:tiny", "--topology", "v5p-8", "--mesh", "fsdp=4,tensr=1"],
+     "mesh axis 'tensr': expected one of data, fsdp, tensor"),
+    (["--config", "configs/toy.py", "--topology", "v5p-8"], "stage 'toy' has no config.data.objectives"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message):
     result = subprocess.run([sys.executable, "-m", "codi_jax.compile_plan", *argv], cwd=REPO, capture_output=True,
