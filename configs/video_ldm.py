@@ -22,7 +22,11 @@ Variants:
         The onset fails twice: at guidance 7.5 the object is drawn in every frame (decoded onset 0 for 55
         of 64 audio-conditioned videos; at guidance 1.5 the onsets spread over 0-3), and at either
         guidance the onset the audio encoding carries (audio_video retrieval 100 %) is not followed
-        (onset right 17 % at 1.5).
+        (onset right 17 % at 1.5). The measurement above used the released frame norm in the temporal
+        attention; the cpu networks now normalise over channels (train/defaults.py), since the frame norm
+        removes any condition constant over frames (tests/test_temporal.py). A 400-step audio-only A/B on
+        the trained image VAE with a random CLAP (32 probe videos each, guidance 2.0) was inconclusive:
+        onset 28 % (channels) against 23 % (frames).
   full  the released image+video UNet, 8 frames of 256 px (4x8x32x32 latents) on prepared
         text-video records; bf16 compute, full remat.
 """

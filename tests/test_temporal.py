@@ -108,3 +108,27 @@ def test_bad_inputs(sta):
         model.apply(params, jnp.zeros((1, 4, 2, 2, 32)))
     with pytest.raises(ValueError, match="rank 3"):
         model.apply(params, jnp.zeros((4, 2, C)))
+
+
+def _attention_change(norm: str, shift):
+    """How much a frame-constant shift of the tokens [N, F, C] moves the temporal attention's own contribution
+    (output minus its residual input)."""
+    module = temporal.TemporalAttention(C, temporal.TEMPORAL_HEADS, C // 4, norm=norm)
+    tokens = jax.random.normal(jax.random.key(5), (3, 6, C))
+    bias = jnp.zeros((temporal.TEMPORAL_HEADS, 6, 6))
+    params = _randomise(nn.meta.unbox(module.init(jax.random.key(0), tokens, bias)))
+    delta = lambda x: module.apply(params, x, bias) - x
+    return float(jnp.abs(delta(tokens + shift) - delta(tokens)).max())
+
+
+def test_frame_norm_cancels_a_frame_constant_condition_and_channel_norm_keeps_it():
+    # One context token reaches every frame as the same vector: the released frame norm removes it before
+    # the attention, the channel norm does not.
+    condition = 2.0 * jax.random.normal(jax.random.key(6), (3, 1, C))
+    assert _attention_change("frames", condition) < 1e-4
+    assert _attention_change("channels", condition) > 1e-1
+
+
+def test_unknown_norm_is_one_error():
+    with pytest.raises(ValueError, match="unknown temporal norm 'time'; expected one of"):
+        SpatioTemporalAttention(C, norm="time").init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, C)))

@@ -201,3 +201,17 @@ def test_bad_inputs(tiny):
         unet.build("huge")
     with pytest.raises(ValueError, match="unknown remat_policy"):
         unet.build("tiny", remat_policy="some").init(jax.random.key(0), x, t, context)
+    with pytest.raises(ValueError, match=r"unknown temporal_norm 'time'; expected one of \['channels', 'frames'\]"):
+        unet.build("tiny", temporal_norm="time")
+
+
+def test_channel_temporal_norm_keeps_the_parameter_tree_and_changes_only_video(tiny):
+    # The cpu run's departure (temporal.NORMS): same parameters, so an image ldm's weights load into either;
+    # images never reach the temporal modules; videos do.
+    model, params, x, t, context = tiny
+    channels = unet.build("tiny", temporal_norm="channels")
+    np.testing.assert_array_equal(jax.jit(channels.apply)(params, x, t, context),
+                                  jax.jit(model.apply)(params, x, t, context))
+    video = jnp.stack([x, 0.5 * x, -x], axis=1)
+    released, departed = (jax.jit(m.apply)(params, video, t, context) for m in (model, channels))
+    assert float(jnp.abs(departed - released).max()) > 1e-4

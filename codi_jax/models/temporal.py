@@ -5,8 +5,11 @@ video x [B, F, H, W, C] it runs, each step residual:
   1. temporal attention over frames, per pixel: the tokens [B*H*W, F, C] get learned frame
      position embeddings and the hard-wired frame-rate embedding (index 3, i.e. "4 fps"),
      are normalised over the *frame* axis (the released code's quirk; it makes the
-     frame-rate embedding a per-channel constant that cancels), and attend with 8 heads
-     of width C / video_dim_scale_factor plus a continuous relative-position bias;
+     frame-rate embedding a per-channel constant that cancels, and with it every
+     frame-constant part of the input, the single context token's included), and attend
+     with 8 heads of width C / video_dim_scale_factor plus a continuous relative-position bias.
+     `norm="channels"` normalises each frame's token over channels instead (a stated departure,
+     see NORMS) so the attention's queries and keys see the condition;
   2. a GEGLU feed-forward whose second half of channels is shifted one frame forward
      (token shift), normalised over channels;
   3. a latent shift: conv3x3(SiLU(GN(x))) per frame, its channels cut into 8 chunks,
@@ -29,6 +32,11 @@ FRAME_RATE_INDEX = 3  # the released model always looks up frame rate 4
 TEMPORAL_HEADS = 8
 LATENT_SHIFT_CHUNKS = 8
 VAR_FLOOR = 1e-5
+# The temporal attention's input norm: over the frame axis (released) or over channels. With the frame norm the
+# condition, which reaches every frame as the same vector (cross-attention to one context token), cancels before
+# the only layer that knows absolute frame positions, so a condition-dependent timing (Shapes & Tones' onset,
+# carried by audio) must be learned through later nonlinearities; the channel norm hands it to the attention.
+NORMS = {"frames": 1, "channels": -1}
 
 Dtype = jnp.dtype
 
@@ -81,6 +89,7 @@ class TemporalAttention(nn.Module):
     heads: int
     head_dim: int
     attn_impl: str = "xla"
+    norm: str = "frames"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -92,7 +101,7 @@ class TemporalAttention(nn.Module):
         h = x.astype(jnp.float32) + pos[:frames] + frame_rate[FRAME_RATE_INDEX]
         gain = self.param("norm_scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
                           (self.channels,))
-        h = (_floored_norm(h, axis=1) * gain).astype(self.dtype)
+        h = (_floored_norm(h, axis=NORMS[self.norm]) * gain).astype(self.dtype)
         inner = self.heads * self.head_dim
         q = dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="to_q")(h)
         kv = dense(2 * inner, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="to_kv")(h)
@@ -146,10 +155,13 @@ class SpatioTemporalAttention(nn.Module):
     channels: int
     video_dim_scale_factor: int = 4
     attn_impl: str = "xla"
+    norm: str = "frames"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown temporal norm {self.norm!r}; expected one of {sorted(NORMS)}")
         if x.ndim == 4:
             if self.is_initializing():
                 # Parameters are created on a one-frame video so that an image-initialised
@@ -169,7 +181,8 @@ class SpatioTemporalAttention(nn.Module):
         head_dim = c // self.video_dim_scale_factor
         bias = RelativePositionBias(c // 2, TEMPORAL_HEADS, name="rel_pos")(f)
         tokens = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b * height * width, f, c)
-        tokens = TemporalAttention(c, TEMPORAL_HEADS, head_dim, self.attn_impl, self.dtype, name="attn")(tokens, bias)
+        tokens = TemporalAttention(c, TEMPORAL_HEADS, head_dim, self.attn_impl, self.norm, self.dtype,
+                                   name="attn")(tokens, bias)
         x = jnp.transpose(tokens.reshape(b, height, width, f, c), (0, 3, 1, 2, 4))
         x = x + TemporalFeedForward(c, self.dtype, name="ff")(x)
         return x + LatentShift(c, self.dtype, name="shift")(x)

@@ -31,7 +31,7 @@ import numpy as np
 
 from codi_jax.models.layers import (Downsample, GroupNorm32, ResBlock, SpatialTransformer, TimeEmbed,
                                     Upsample, conv)
-from codi_jax.models.temporal import MAX_FRAMES, SpatioTemporalAttention
+from codi_jax.models.temporal import MAX_FRAMES, NORMS, SpatioTemporalAttention
 
 _SD_LEVELS = dict(channel_mult=(1, 2, 4, 4), num_res_blocks=(2, 2, 2, 2),
                   attention_levels=(True, True, True, False), num_heads=8, context_dim=768,
@@ -89,6 +89,7 @@ class UNetBlock(nn.Module):
     up: bool = False
     video_dim_scale_factor: int = 4
     attn_impl: str = "xla"
+    temporal_norm: str = "frames"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -99,8 +100,8 @@ class UNetBlock(nn.Module):
         if self.res_channels is not None:
             h = ResBlock(self.res_channels, 1e-5, self.dtype, name="res")(h, _repeat_frames(emb, frames))
         if self.temporal:
-            sta = SpatioTemporalAttention(h.shape[-1], self.video_dim_scale_factor, self.attn_impl, self.dtype,
-                                          name="temporal")
+            sta = SpatioTemporalAttention(h.shape[-1], self.video_dim_scale_factor, self.attn_impl,
+                                          norm=self.temporal_norm, dtype=self.dtype, name="temporal")
             h = _fold(sta(h.reshape((-1, frames) + h.shape[1:]))) if video else sta(h)
         if self.num_heads:
             c = h.shape[-1]
@@ -120,12 +121,14 @@ class MiddleBlock(nn.Module):
     context_dim: int
     video_dim_scale_factor: int = 4
     attn_impl: str = "xla"
+    temporal_norm: str = "frames"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, emb, context):
         c = x.shape[-1]
-        kw = dict(video_dim_scale_factor=self.video_dim_scale_factor, attn_impl=self.attn_impl, dtype=self.dtype)
+        kw = dict(video_dim_scale_factor=self.video_dim_scale_factor, attn_impl=self.attn_impl,
+                  temporal_norm=self.temporal_norm, dtype=self.dtype)
         h = UNetBlock(c, self.temporal, name="block_0", **kw)(x, emb, context)
         h = UNetBlock(None, False, self.num_heads, self.context_dim, name="block_1", **kw)(h, emb, context)
         return UNetBlock(c, self.temporal, name="block_2", **kw)(h, emb, context)
@@ -142,12 +145,14 @@ class EnvEncoder(nn.Module):
     video_dim_scale_factor: int = 4
     remat_policy: str = "none"
     attn_impl: str = "xla"
+    temporal_norm: str = "frames"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, emb):
         block = _block_cls(self.remat_policy)
-        kw = dict(video_dim_scale_factor=self.video_dim_scale_factor, attn_impl=self.attn_impl, dtype=self.dtype)
+        kw = dict(video_dim_scale_factor=self.video_dim_scale_factor, attn_impl=self.attn_impl,
+                  temporal_norm=self.temporal_norm, dtype=self.dtype)
         video = x.ndim == 5
         frames = x.shape[1] if video else 1
         unfold = lambda a: a.reshape((-1, frames) + a.shape[1:]) if video else a
@@ -203,6 +208,7 @@ class UNet2D(nn.Module):
     dtype: Any = jnp.float32
     remat_policy: str = "none"
     attn_impl: str = "xla"
+    temporal_norm: str = "frames"  # the temporal attention's input norm: "frames" (released) or "channels"
 
     def setup(self):
         levels = len(self.channel_mult)
@@ -214,7 +220,8 @@ class UNet2D(nn.Module):
                              f"{len(self.env_channel_mult)} (one per env_channel_mult level)")
         block = _block_cls(self.remat_policy)
         mc = self.model_channels
-        kw = dict(video_dim_scale_factor=self.video_dim_scale_factor, attn_impl=self.attn_impl, dtype=self.dtype)
+        kw = dict(video_dim_scale_factor=self.video_dim_scale_factor, attn_impl=self.attn_impl,
+                  temporal_norm=self.temporal_norm, dtype=self.dtype)
         connector = lambda: block(num_heads=self.num_heads, context_dim=self.connector_dim, **kw)
 
         self.time_embed = TimeEmbed(mc, 4 * mc, self.dtype)
@@ -251,7 +258,7 @@ class UNet2D(nn.Module):
         if self.joint:
             self.env = EnvEncoder(mc, tuple(self.env_channel_mult), tuple(self.env_num_res_blocks),
                                   self.connector_dim, self.video, self.video_dim_scale_factor, self.remat_policy,
-                                  self.attn_impl, self.dtype)
+                                  self.attn_impl, self.temporal_norm, self.dtype)
 
     def _check_x(self, x, t):
         if x.ndim not in (4, 5) or (x.ndim == 5 and not self.video):
@@ -326,7 +333,10 @@ def build(variant: str | dict, **overrides) -> UNet2D:
         if variant not in CONFIGS:
             raise ValueError(f"unknown UNet2D variant {variant!r}; expected one of {sorted(CONFIGS)}")
         variant = CONFIGS[variant]
-    return UNet2D(**{**dict(variant), **overrides})
+    kwargs = {**dict(variant), **overrides}
+    if kwargs.get("temporal_norm", "frames") not in NORMS:  # checked here so a bad config fails before init
+        raise ValueError(f"unknown temporal_norm {kwargs['temporal_norm']!r}; expected one of {sorted(NORMS)}")
+    return UNet2D(**kwargs)
 
 
 _OFFICIAL_NAMES = {
