@@ -1,4 +1,6 @@
 """Mesh construction, logical sharding rules and sharded init on 8 simulated devices."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -124,3 +126,62 @@ def test_sharded_train_step_matches_single_device(axes):
         losses.append(float(loss))
     # Same math, different reduction order across shards: fp32 round-off only.
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_with_constraint_follows_the_rules_in_context_and_is_a_noop_without_them():
+    m = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    names = ("batch", "height", "width", "act_embed")
+    # A fresh function per lowering: jit's trace cache does not key on flax's rules context.
+    lowered = lambda x: jax.jit(lambda a: part.with_constraint(a * 2.0, names)).lower(x).as_text()
+    x = jnp.ones((8, 4, 4, 16))
+    assert "sharding_constraint" not in lowered(x)  # no rules in context: untouched
+    with jax.set_mesh(m), nn.logical_axis_rules(part.DEFAULT_RULES):
+        assert '[{"data", "fsdp"}, {}, {}, {}]' in lowered(x)
+        # A batch of 6 takes data (2) but not data x fsdp, and the split does not spill onto height or width.
+        assert '[{"data"}, {}, {}, {}]' in lowered(jnp.ones((6, 8, 8, 16)))
+    with jax.set_mesh(m), nn.logical_axis_rules((("batch", "data"), ("act_embed", "fsdp"))):
+        assert '[{"data"}, {}, {}, {"fsdp"}]' in lowered(x)
+
+
+def test_config_sharding_rules_lay_out_the_unet_activations_and_parameters_of_the_train_step(tmp_path):
+    from jax.sharding import NamedSharding
+
+    from codi_jax.data import pipeline
+    from codi_jax.train import loop
+    from codi_jax.train.defaults import load_config_file
+
+    def trainer_and_text(rules=None):
+        config = load_config_file("configs/image_ldm.py:tiny")
+        config.update_from_flattened_dict({"tensorboard": False, "batch_size": 8, "mesh.data": 2})
+        if rules is not None:
+            config.sharding_rules = rules
+        trainer = loop.Trainer(config, str(tmp_path))
+        (objective,) = config.data.objectives
+        batch = {k: jax.ShapeDtypeStruct(s, d, sharding=NamedSharding(trainer.mesh, mesh_lib.batch_spec(len(s))))
+                 for k, (s, d) in pipeline.batch_shapes(config.data, objective, 8).items()}
+        return trainer, trainer.lower(batch).as_text()
+
+    default, text = trainer_and_text()
+    # Each UNet block's output [8, h, w, c] is constrained to the batch split over data x fsdp.
+    assert len(re.findall(r'sharding_constraint .*\[\{"data", "fsdp"\}, \{\}, \{\}, \{\}\]> : tensor<8x', text)) >= 8
+    trainer, text = trainer_and_text((("batch", "data"), ("conv_in", None), ("conv_out", "fsdp")))
+    assert '[{"data"}, {}, {}, {}]> : tensor<8x' in text
+    assert not re.search(r'sharding_constraint [^\n]*\{"data", "fsdp"\}', text)
+    # ... and the parameters: a ResBlock conv's input channels over fsdp by default, its output channels here.
+    conv = lambda t: t.layout.shardings.params["unet_image"]["params"]["middle_block"]["block_2"]["res"]["out_conv"]
+    assert conv(default)["kernel"].spec == P(None, None, "fsdp")
+    assert conv(trainer)["kernel"].spec == P(None, None, None, "fsdp")
+
+
+def test_a_bad_sharding_rule_is_one_config_error():
+    from codi_jax.train import validation
+    from codi_jax.train.defaults import load_config_file
+    from codi_jax.train.errors import ConfigError
+
+    config = load_config_file("configs/toy.py")
+    for rules, message in (((("batch", "pod"),), "rule ('batch', 'pod') names mesh axis 'pod'"),
+                           ((("hieght", None),), "unknown logical axis 'hieght'"),
+                           (("batch",), "each rule must be (logical name, mesh axes), got 'batch'")):
+        config.sharding_rules = rules
+        with pytest.raises(ConfigError, match=r"^config\.sharding_rules: " + re.escape(message)):
+            validation.check(config)

@@ -14,11 +14,11 @@ from safetensors.numpy import save_file
 
 from codi_jax.models import discriminators
 from codi_jax.parallel.mesh import batch_spec
+from codi_jax.parallel.partitioning import unbox_values
 from codi_jax.train import freeze, loop
 from codi_jax.train.defaults import load_config_file
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages import adversarial
-from codi_jax.train.state import strip_boxes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_gradient_routing_patch_gan():
     x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 3), minval=-1.0, maxval=1.0)
     z = jax.random.normal(jax.random.key(1), (2, 12, 12, 3))
     params = {"image_vae": ToyDecoder().init(jax.random.key(2), z),
-              "image_vae_disc": strip_boxes(jax.jit(module.init)(jax.random.key(3), x))}
+              "image_vae_disc": unbox_values(jax.jit(module.init)(jax.random.key(3), x))}
     names = ["loss", "d_loss", "g_loss"]
 
     def terms(p):
@@ -152,7 +152,7 @@ def test_gradient_routing_hifigan():
     module = stage.discriminators["vocoder_disc"]
     real = 0.5 * jnp.sin(jnp.linspace(0.0, 60.0, 2 * 64)).reshape(2, 64)
     params = {"vocoder": {"w": jnp.array(0.7), "b": jnp.array(0.1)},
-              "vocoder_disc": strip_boxes(jax.jit(module.init)(jax.random.key(0), real))}
+              "vocoder_disc": unbox_values(jax.jit(module.init)(jax.random.key(0), real))}
     names = ["loss", "d_loss", "g_loss", "feature_matching"]
 
     def terms(p):
@@ -167,7 +167,7 @@ def test_gradient_routing_hifigan():
 def test_gradient_routing_stage_loss():
     """The same through the stage's loss on the tiny image VAE (tap on the real decoder's conv_out)."""
     stage = _stage("image_vae")
-    params = strip_boxes(stage.init(jax.random.key(0)))
+    params = unbox_values(stage.init(jax.random.key(0)))
     batch = {"image": jax.random.uniform(jax.random.key(2), (2, 16, 16, 3), minval=-1.0, maxval=1.0)}
     names = ["loss", "image_vae/d_loss", "image_vae/g_loss"]
 
@@ -347,7 +347,7 @@ def lpips_file(tmp_path_factory):
 def test_lpips_matches_reference_structure(lpips_file, channels):
     path, state = lpips_file
     module = adversarial.Lpips()
-    variables = strip_boxes(adversarial.lpips_variables(module, adversarial.load_lpips(str(path))))
+    variables = unbox_values(adversarial.lpips_variables(module, adversarial.load_lpips(str(path))))
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, channels), minval=-1.0, maxval=1.0)
     y = jnp.clip(x + 0.3 * jax.random.normal(jax.random.key(1), x.shape), -1.0, 1.0)
     ours = jax.jit(module.apply)(variables, x, y)

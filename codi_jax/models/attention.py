@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from codi_jax.parallel.partitioning import DEFAULT_RULES
+from codi_jax.parallel.partitioning import context_rules
 
 IMPLS = ("xla", "cudnn", "pallas", "splash")
 
@@ -114,8 +114,8 @@ def _splash(q, k, v, bias, scale):
 
 
 def _mesh_axes(logical: str, size: int, mesh) -> tuple[str, ...]:
-    """The mesh axes DEFAULT_RULES give `logical`, as many of them (in order) as `size` divides into."""
-    rule = dict(DEFAULT_RULES).get(logical)
+    """The mesh axes the rules in context give `logical`, as many of them (in order) as `size` divides into."""
+    rule = dict(context_rules()).get(logical)
     axes = (rule,) if isinstance(rule, str) else tuple(rule or ())
     taken: list[str] = []
     for ax in axes:

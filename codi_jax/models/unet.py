@@ -32,6 +32,7 @@ import numpy as np
 from codi_jax.models.layers import (Downsample, GroupNorm32, ResBlock, SpatialTransformer, TimeEmbed,
                                     Upsample, conv)
 from codi_jax.models.temporal import MAX_FRAMES, NORMS, SpatioTemporalAttention
+from codi_jax.parallel.partitioning import with_constraint
 
 _SD_LEVELS = dict(channel_mult=(1, 2, 4, 4), num_res_blocks=(2, 2, 2, 2),
                   attention_levels=(True, True, True, False), num_heads=8, context_dim=768,
@@ -76,6 +77,12 @@ def _repeat_frames(a, frames: int):
     return jnp.repeat(a, frames, axis=0)
 
 
+# Every block's output is constrained by these names (the trainer's sharding_rules put the batch over data x fsdp),
+# so XLA keeps activations split by example rather than gathering them next to fsdp-sharded kernels.
+_IMAGE_AXES = ("batch", "height", "width", "act_embed")
+_VIDEO_AXES = ("batch", "frames", "height", "width", "act_embed")
+
+
 class UNetBlock(nn.Module):
     """One entry of the encoder / decoder (or a connector): [ResBlock] [temporal] [SpatialTransformer] [Down | Up].
 
@@ -111,7 +118,9 @@ class UNetBlock(nn.Module):
             h = Downsample(h.shape[-1], self.dtype, name="down")(h)
         if self.up:
             h = Upsample(h.shape[-1], self.dtype, name="up")(h)
-        return h.reshape((-1, frames) + h.shape[1:]) if video else h
+        if video:
+            return with_constraint(h.reshape((-1, frames) + h.shape[1:]), _VIDEO_AXES)
+        return with_constraint(h, _IMAGE_AXES)
 
 
 class MiddleBlock(nn.Module):

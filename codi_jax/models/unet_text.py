@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from codi_jax.models.layers import GroupNorm32, SpatialTransformer, TimeEmbed, dense
 from codi_jax.models.unet import REMAT_POLICIES, group_mask, group_sizes, param_groups  # noqa: F401  (same groups)
+from codi_jax.parallel.partitioning import with_constraint
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # Released text UNet (openai_unet_0dmd): 2,048,385,408 parameters
@@ -103,7 +104,7 @@ class FCBlock(nn.Module):
         for flag, name in ((self.down, "down"), (self.up, "up")):
             if flag:
                 h = dense(h.shape[-1], ("conv_in", "conv_out"), dtype=self.dtype, name=name)(h)
-        return h
+        return with_constraint(h, ("batch", "act_embed"))
 
 
 def _block_cls(remat_policy: str):

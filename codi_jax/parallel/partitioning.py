@@ -55,13 +55,13 @@ def dense_init(init=nn.initializers.lecun_normal(), axes=("embed", "mlp")):
 
 
 def logical_spec(
-    names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES
+    names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES, spill: bool = True
 ) -> P:
     """PartitionSpec for one array from its logical names, its shape and the mesh.
 
     A mesh axis is used at most once per array and only on a dim it divides. Where a
     rule's mesh axis cannot be placed (the dim does not divide, or the axis is taken), it
-    moves to the largest remaining dim it divides, so no large parameter stays replicated
+    moves (`spill`) to the largest remaining dim it divides, so no large parameter stays replicated
     because one of its dims is odd (e.g. the temporal FF's 1706-wide projection).
     """
     if names is None:
@@ -87,7 +87,7 @@ def logical_spec(
                 pending.append(ax)
         if placed:
             spec[i] = placed[0] if len(placed) == 1 else tuple(placed)
-    for ax in pending:
+    for ax in pending if spill else ():
         if ax in used:
             continue
         size = mesh.shape[ax]
@@ -151,6 +151,31 @@ def sharded_init(init_fn, mesh: Mesh, *args, rules=DEFAULT_RULES):
     return params, shardings
 
 
+def context_rules():
+    """The rules of the enclosing `nn.logical_axis_rules` (the trainer's `config.sharding_rules`), else the default."""
+    return nn.get_logical_axis_rules() or DEFAULT_RULES
+
+
 def with_constraint(x, names: Sequence[str | None]):
-    """Constrain an activation by logical names (a no-op outside a mesh / rules context)."""
-    return nn.with_logical_constraint(x, names)
+    """Constrain an activation to the sharding its logical names get under the mesh and the rules in context
+    (`jax.set_mesh` + `nn.logical_axis_rules`, as the trainer traces); a no-op without either, so sampling
+    and single-device use are untouched. A mesh axis that does not divide its dim leaves that dim whole
+    (no spill: an activation's batch split must not move onto its height)."""
+    mesh, rules = jax.sharding.get_abstract_mesh(), nn.get_logical_axis_rules()
+    if mesh.empty or not rules:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(names, x.shape, mesh, rules, spill=False))
+
+
+def check_rules(rules, mesh_axes: Sequence[str]) -> None:
+    """Raises ValueError naming the first rule that is not (logical name, mesh axis | tuple of them | None)."""
+    known = {name for name, _ in DEFAULT_RULES}
+    for rule in rules:
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise ValueError(f"each rule must be (logical name, mesh axes), got {rule!r}")
+        name, axes = rule
+        if name not in known:
+            raise ValueError(f"unknown logical axis {name!r} in {rule!r}; known: {sorted(known)}")
+        for ax in (() if axes is None else (axes,) if isinstance(axes, str) else axes):
+            if ax not in mesh_axes:
+                raise ValueError(f"rule {rule!r} names mesh axis {ax!r}; the mesh has {list(mesh_axes)}")

@@ -10,6 +10,8 @@ import pathlib
 
 import ml_collections
 
+from codi_jax.parallel.partitioning import DEFAULT_RULES
+
 
 def base_config(stage: str, workdir: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -32,6 +34,8 @@ def base_config(stage: str, workdir: str) -> ml_collections.ConfigDict:
     c.tensorboard = True
     c.init_from_ema = True              # take the EMA weights of earlier stages where they exist
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    # Logical axis name -> mesh axes, for parameters and activations (codi_jax/parallel/partitioning.py).
+    c.sharding_rules = DEFAULT_RULES
     c.optim = ml_collections.ConfigDict({
         "learning_rate": 1e-4, "warmup_steps": 100, "schedule": "cosine", "end_learning_rate_factor": 0.0,
         "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.01, "grad_clip_norm": 1.0,

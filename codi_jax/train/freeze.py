@@ -54,15 +54,3 @@ def subtree(tree: Mapping, prefix: str) -> dict:
     flat = flatten(tree)
     head = prefix.rstrip(SEP) + SEP
     return unflatten({p[len(head):]: v for p, v in flat.items() if p.startswith(head)})
-
-
-def graft(tree: Mapping, prefix: str, branch: Mapping) -> dict:
-    """`tree` with the leaves under `prefix` replaced by `branch` (paths must already exist)."""
-    flat = flatten(tree)
-    head = prefix.rstrip(SEP) + SEP
-    for path, leaf in flatten(branch).items():
-        full = head + path
-        if full not in flat:
-            raise ValueError(f"pretrained parameter {full!r} does not exist in this model")
-        flat[full] = leaf
-    return unflatten(flat)

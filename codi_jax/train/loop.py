@@ -55,11 +55,11 @@ def setup(config: ml_collections.ConfigDict, devices=None):
         raise ConfigError(f"config for stage {config.stage!r}: {str(e).strip(chr(34) + chr(39))}") from None
 
 
-def sharding_context(mesh):
+def sharding_context(mesh, rules=DEFAULT_RULES):
     """Mesh and logical rules for tracing model code (activation constraints by logical name)."""
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(mesh))
-    stack.enter_context(nn.logical_axis_rules(DEFAULT_RULES))
+    stack.enter_context(nn.logical_axis_rules(rules))
     return stack
 
 
@@ -77,10 +77,11 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         self.config, self.workdir = config, workdir
         self.mesh, self.stage = setup(config, devices)
+        self.rules = tuple(tuple(rule) for rule in config.sharding_rules)
         self.optimizer, self.schedule = make_optimizer(config.optim, config.total_steps)
         self.init_key, self.step_key, self.sample_key = jax.random.split(jax.random.key(config.seed), 3)
         self.layout = make_layout(self.stage.init, self.stage.is_trainable, self.optimizer, self.mesh,
-                                  use_ema=config.ema_decay > 0, rng=self.init_key)
+                                  use_ema=config.ema_decay > 0, rng=self.init_key, rules=self.rules)
         self.checkpoints = Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
                                         async_save=config.async_checkpoints)
         self.history: list[tuple[int, dict]] = []  # (step, averaged metrics) of each report of `run`
@@ -118,7 +119,7 @@ class Trainer:
     def lower(self, batch_abstract: dict):
         """The train step lowered for this layout and a batch of ShapeDtypeStructs (nothing runs)."""
         batch_sh = jax.tree.map(lambda x: x.sharding, batch_abstract)
-        with sharding_context(self.mesh):
+        with sharding_context(self.mesh, self.rules):
             return jax.jit(
                 self.step_fn(), in_shardings=(self.layout.shardings, batch_sh),
                 out_shardings=(self.layout.shardings, NamedSharding(self.mesh, P())), donate_argnums=(0,),
@@ -129,7 +130,7 @@ class Trainer:
 
     def save(self, step: int, state) -> None:
         config = json.loads(self.config.to_json_best_effort())
-        with sharding_context(self.mesh):
+        with sharding_context(self.mesh, self.rules):
             measured = self.stage.measurements(state.full_params(use_ema=True))
         if measured:
             config["measured"] = measured
@@ -155,7 +156,7 @@ class Trainer:
             return programs[key]
 
         batch = self.next_batch()
-        with sharding_context(mesh):
+        with sharding_context(mesh, self.rules):
             sampler = jax.jit(lambda s, b, r: self.stage.samples(s.full_params(use_ema=True), b, r))
         reporter = reporting.Reporter(self.workdir, total_steps=c.total_steps, global_batch=c.batch_size,
                                       tensorboard=c.tensorboard)
@@ -181,12 +182,12 @@ class Trainer:
                     skipped_seen = _check_finite(c, state, skipped_seen, step)
                     reporter.report(step)
                 if probe is not None and ((probe_every and step % probe_every == 0) or done):
-                    with sharding_context(mesh):
+                    with sharding_context(mesh, self.rules):
                         scores = probe(state.full_params(use_ema=True), jax.random.fold_in(self.sample_key, step))
                     probe_log.add(step, scores)
                     reporter.write_probe(step, scores)
                 if step % c.sample_every_steps == 0:
-                    with sharding_context(mesh):
+                    with sharding_context(mesh, self.rules):
                         samples = sampler(state, batch, jax.random.fold_in(self.sample_key, step))
                     reporter.write_samples(step, samples)
                 self.checkpoints.raise_if_failed()  # a failed background save stops the run here, not at exit

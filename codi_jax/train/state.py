@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from codi_jax.parallel.partitioning import tree_shardings
+from codi_jax.parallel.partitioning import DEFAULT_RULES, tree_shardings, unbox_values
 from codi_jax.train import freeze
 from codi_jax.train.errors import ConfigError
 
@@ -59,20 +58,13 @@ def _opt_state_shardings(opt_abstract, param_abstract, param_shardings, mesh: Me
     return jax.tree_util.tree_map_with_path(one, opt_abstract)
 
 
-def strip_boxes(tree):
-    """The values inside flax's logical-partitioning boxes (no sharding constraint applied: it
-    would fail on abstract values outside a trace; the train state gets explicit shardings)."""
-    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
-
-
 def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def make_layout(init_params: Callable, is_trainable: Callable[[str], bool],
                 optimizer: optax.GradientTransformation, mesh: Mesh, *, use_ema: bool,
-                rng: jax.Array) -> StateLayout:
+                rng: jax.Array, rules=DEFAULT_RULES) -> StateLayout:
     """Shapes and shardings of the state, and a jitted initialiser writing straight into its shards.
 
     `init_params(rng)` returns the boxed params tree of the stage. The initialiser takes
@@ -80,8 +72,8 @@ def make_layout(init_params: Callable, is_trainable: Callable[[str], bool],
     (XLA drops the random init of every overridden leaf as dead code).
     """
     boxed = jax.eval_shape(init_params, rng)
-    param_abs = strip_boxes(boxed)
-    param_sh = tree_shardings(boxed, mesh)
+    param_abs = unbox_values(boxed)
+    param_sh = tree_shardings(boxed, mesh, rules)
     tr_abs, fr_abs = freeze.partition(param_abs, is_trainable)
     tr_sh, fr_sh = freeze.partition(param_sh, is_trainable)
     if not freeze.flatten(tr_abs):
@@ -94,7 +86,7 @@ def make_layout(init_params: Callable, is_trainable: Callable[[str], bool],
         ema=tr_sh if use_ema else {}, skipped=replicated)
 
     def init(rng, overrides):
-        flat = freeze.flatten(strip_boxes(init_params(rng)))
+        flat = freeze.flatten(unbox_values(init_params(rng)))
         flat.update(overrides)
         trainable, frozen = freeze.partition(freeze.unflatten(flat), is_trainable)
         return TrainState(

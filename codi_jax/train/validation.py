@@ -11,6 +11,8 @@ import math
 import ml_collections
 
 from codi_jax.models.attention import IMPLS as ATTN_IMPLS
+from codi_jax.parallel.mesh import AXES as MESH_AXES
+from codi_jax.parallel.partitioning import check_rules
 from codi_jax.train.errors import ConfigError
 
 _NUMBER = (int, float)
@@ -34,6 +36,7 @@ TRAINER_KEYS: dict[str, type | tuple] = {
     "tensorboard": bool,
     "workdir": str,
     "init_from_ema": bool,
+    "sharding_rules": (tuple, list),
 }
 SECTIONS: dict[str, dict[str, type | tuple]] = {
     "optim": {
@@ -114,6 +117,10 @@ def check(config: ml_collections.ConfigDict, *, stage_keys: dict | None = None) 
         raise ConfigError(f"config.optim.schedule must be 'cosine' or 'constant', got {config.optim.schedule!r}")
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"config.optim.learning_rate must be positive, got {config.optim.learning_rate}")
+    try:
+        check_rules(config.sharding_rules, MESH_AXES)
+    except ValueError as e:
+        raise ConfigError(f"config.sharding_rules: {e}") from None
 
 
 def check_batch(config, mesh) -> None:
