@@ -17,16 +17,16 @@ Variants:
         with init_from.image_ldm set, train temporal only (--config.model.trainable=...).
   cpu   Shapes & Tones, 8 frames of 32 px (8x8x8x4 latents), the CPU networks, conditioned on text, image or
         audio; base and temporal layers train, on videos and on images (also_train_on), 1000 steps of 16 at
-        lr 2e-3 from the image ldm. Generation probe at step 1000 (guidance 7.5): colour 98-100 %, shape
-        80-98 % from every condition, text -> video motion 44 %, audio -> video onset 16 % (chance: 25 %).
-        The onset fails twice: at guidance 7.5 the object is drawn in every frame (decoded onset 0 for 55
+        lr 2e-3 from the image ldm. Generation probe at step 1000 (guidance 7.5; 33 min 30 s on 2 cores in
+        the full cpu run, docs/results.md): colour 86-100 %, shape 97-100 % from every condition, text -> video
+        motion 41 %, audio -> video onset 23 % (chance: 25 %). With the released frame norm (below) the same
+        run gave colour 98-100 %, shape 80-98 %, motion 44 %, onset 16 %. The onset fails twice: at guidance 7.5 the object is drawn in every frame (decoded onset 0 for 55
         of 64 audio-conditioned videos; at guidance 1.5 the onsets spread over 0-3), and at either
         guidance the onset the audio encoding carries (audio_video retrieval 100 %) is not followed
-        (onset right 17 % at 1.5). The measurement above used the released frame norm in the temporal
-        attention; the cpu networks now normalise over channels (train/defaults.py), since the frame norm
-        removes any condition constant over frames (tests/test_temporal.py). A 400-step audio-only A/B on
-        the trained image VAE with a random CLAP (32 probe videos each, guidance 2.0) was inconclusive:
-        onset 28 % (channels) against 23 % (frames).
+        (onset right 17 % at 1.5; measured with the frame norm). The cpu networks normalise the temporal
+        attention over channels (train/defaults.py), since the frame norm removes any condition constant
+        over frames (tests/test_temporal.py); that alone does not make the onset followed (23 % against 16 %,
+        64 probe videos; a 400-step audio-only A/B with a random CLAP: 28 % against 23 %).
   full  the released image+video UNet, 8 frames of 256 px (4x8x32x32 latents) on prepared
         text-video records; bf16 compute, full remat.
 """

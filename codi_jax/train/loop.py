@@ -116,10 +116,14 @@ class Trainer:
         return make_train_step(self.stage.loss, self.optimizer, self.schedule, seed_key=self.step_key,
                                grad_accum_steps=c.grad_accum_steps, ema_decay=c.ema_decay)
 
+    def sharding(self):
+        """This run's mesh and `config.sharding_rules`, for tracing its model code."""
+        return sharding_context(self.mesh, self.rules)
+
     def lower(self, batch_abstract: dict):
         """The train step lowered for this layout and a batch of ShapeDtypeStructs (nothing runs)."""
         batch_sh = jax.tree.map(lambda x: x.sharding, batch_abstract)
-        with sharding_context(self.mesh, self.rules):
+        with self.sharding():
             return jax.jit(
                 self.step_fn(), in_shardings=(self.layout.shardings, batch_sh),
                 out_shardings=(self.layout.shardings, NamedSharding(self.mesh, P())), donate_argnums=(0,),
@@ -130,7 +134,7 @@ class Trainer:
 
     def save(self, step: int, state) -> None:
         config = json.loads(self.config.to_json_best_effort())
-        with sharding_context(self.mesh, self.rules):
+        with self.sharding():
             measured = self.stage.measurements(state.full_params(use_ema=True))
         if measured:
             config["measured"] = measured
@@ -156,7 +160,7 @@ class Trainer:
             return programs[key]
 
         batch = self.next_batch()
-        with sharding_context(mesh, self.rules):
+        with self.sharding():
             sampler = jax.jit(lambda s, b, r: self.stage.samples(s.full_params(use_ema=True), b, r))
         reporter = reporting.Reporter(self.workdir, total_steps=c.total_steps, global_batch=c.batch_size,
                                       tensorboard=c.tensorboard)
@@ -182,12 +186,12 @@ class Trainer:
                     skipped_seen = _check_finite(c, state, skipped_seen, step)
                     reporter.report(step)
                 if probe is not None and ((probe_every and step % probe_every == 0) or done):
-                    with sharding_context(mesh, self.rules):
+                    with self.sharding():
                         scores = probe(state.full_params(use_ema=True), jax.random.fold_in(self.sample_key, step))
                     probe_log.add(step, scores)
                     reporter.write_probe(step, scores)
                 if step % c.sample_every_steps == 0:
-                    with sharding_context(mesh, self.rules):
+                    with self.sharding():
                         samples = sampler(state, batch, jax.random.fold_in(self.sample_key, step))
                     reporter.write_samples(step, samples)
                 self.checkpoints.raise_if_failed()  # a failed background save stops the run here, not at exit
