@@ -99,8 +99,10 @@ def test_batch_gives_the_same_outputs_as_one_request_at_a_time(pipe, example):
         alone = pipe.generate(request)
         assert together.keys() == alone.keys() == set(request.outputs)
         for m in request.outputs:
-            if m == "text":
-                assert together[m] == alone[m]
+            if m == "audio":
+                # A request's row in the padded batch changes which CPU matmul kernel path its rows take, so
+                # float32 waves agree to rounding (measured 1.3e-8), not bit for bit; pixels and text are exact.
+                np.testing.assert_allclose(together[m], alone[m], rtol=0, atol=1e-6, err_msg=m)
             else:
                 np.testing.assert_array_equal(together[m], alone[m], err_msg=m)
 
