@@ -116,21 +116,22 @@ def sample_programs(config, devices, mesh_config: dict):
     import jax.numpy as jnp
 
     from codi_jax import pipeline
+    from codi_jax.models import catalogue
     from codi_jax.parallel import mesh as mesh_lib
     from codi_jax.parallel.partitioning import tree_shardings, unbox_values
     from codi_jax.train import loop
     from codi_jax.train.stages import components
 
     outputs = tuple(_OUTPUTS.value)
-    bad = [m for m in outputs if m not in pipeline.MODALITIES]
+    bad = [m for m in outputs if m not in catalogue.MODALITIES]
     if bad or not outputs:
-        raise UsageError(f"--outputs {','.join(outputs)}: expected a subset of {','.join(pipeline.MODALITIES)}")
+        raise UsageError(f"--outputs {','.join(outputs)}: expected a subset of {','.join(catalogue.MODALITIES)}")
     nets = pipeline.build_networks(config)
     mesh = mesh_lib.make_mesh(mesh_config, devices)
     with nn.logical_axis_rules(()):  # only the logical names are read, as in sharded_init
         boxed = {name: jax.eval_shape(functools.partial(
-            components.init_variables, pipeline.TRAINING_NAMES[name], nets.modules[name]), jax.random.key(0))["params"]
-            for name in pipeline.UNETS}
+            components.init_variables, name, nets.modules[name]), jax.random.key(0))["params"]
+            for name in catalogue.UNETS}
     weights = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                       unbox_values(boxed), tree_shardings(boxed, mesh))}
     latents = pipeline.latent_shapes(config)

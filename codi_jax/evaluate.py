@@ -36,7 +36,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 EXIT_BAD_INPUT = 2
-MODALITIES = ("text", "image", "video", "audio")
 AUDIO_RATE = 16000
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice", "spider")
 # Which output modality each metric reads.

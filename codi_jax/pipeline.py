@@ -49,11 +49,11 @@ from codi_jax.data.tokenizers import build_tokenizer
 from codi_jax.diffusion import samplers
 from codi_jax.diffusion.guidance import cfg_denoiser
 from codi_jax.diffusion.schedule import NUM_TIMESTEPS, PREDICTIONS, eps_from_prediction, make_schedule
-from codi_jax.models import clap, clip_preprocess, codi, optimus
+from codi_jax.models import catalogue, clap, clip_preprocess, codi, optimus
+from codi_jax.models.catalogue import MODALITIES, NAMES as COMPONENTS, UNETS
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages import components
 
-MODALITIES = ("text", "image", "video", "audio")
 SAMPLERS = samplers.METHODS
 REQUEST_FIELDS = ("id", "text", "image", "video", "audio", "weights", "outputs", "sampler", "steps", "guidance",
                   "seed", "independent")
@@ -290,16 +290,6 @@ def _check_array(modality: str, array: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # Networks and their weights
 
-COMPONENTS = ("clip", "clap", "optimus", "autokl", "audio_vae", "vocoder", "unet_image", "unet_text", "unet_audio")
-UNETS = ("unet_image", "unet_text", "unet_audio")
-# Our training stages store every component under its name in the run's parameter tree
-# (`<name>/params/...`, codi_jax.train.stages.components); the image VAE is called image_vae there.
-TRAINING_NAMES = {**{name: name for name in COMPONENTS}, "autokl": "image_vae"}
-# Registry names of the converters for released weights (codi_jax.convert); the image UNet's converter
-# is the image+video one, since the released image UNet carries the temporal layers.
-RELEASED_CONVERTERS = {"clip": "clip", "clap": "clap_audio", "optimus": "optimus", "autokl": "image_autoencoder_kl",
-                       "audio_vae": "audio_autoencoder_kl", "vocoder": "hifigan_generator",
-                       "unet_image": "unet_video", "unet_text": "unet_text", "unet_audio": "unet_audio"}
 # Written by codi_jax.convert.released into every workdir it converts: weights as released, which the
 # sampler runs with the released code's wiring (see `wiring` in configs/sample.py).
 RELEASED_MARKER = "released.json"
@@ -343,14 +333,14 @@ def build_networks(config) -> Networks:
     """The networks `config.models` describes ({variant, overrides} per component, the training configs'
     form), in the config's compute dtype."""
     dtype = jnp.dtype(config.compute_dtype)
-    modules = {name: components.build(TRAINING_NAMES[name], config.models[name], dtype=dtype, remat_policy="none",
+    modules = {name: components.build(name, config.models[name], dtype=dtype, remat_policy="none",
                                       attn_impl=config.attn_impl) for name in COMPONENTS}
     return Networks(modules=modules, codi=codi.build({name: modules[name] for name in UNETS}))
 
 
 @functools.lru_cache(maxsize=64)
 def _abstract(name: str, module) -> dict:
-    init = lambda rng: components.init_variables(TRAINING_NAMES[name], module, rng)  # noqa: E731
+    init = lambda rng: components.init_variables(name, module, rng)  # noqa: E731
     return nn.meta.unbox(jax.eval_shape(init, jax.random.key(0)))
 
 
@@ -428,7 +418,7 @@ def held_components(path) -> list[str]:
         tops = saved_networks(resolve_checkpoint(path)[0])
     except (ValueError, FileNotFoundError) as err:
         raise CheckpointError(f"checkpoint {path}: {err}") from None
-    return [name for name in COMPONENTS if TRAINING_NAMES[name] in tops]
+    return [name for name in COMPONENTS if name in tops]
 
 
 class _WeightStore:
@@ -482,7 +472,7 @@ def _from_workdir(store: _WeightStore, name: str, where: str) -> dict:
     name, under which a stage keeps `params` and any other collection)."""
     path, _, subtree = where.partition("#")
     flat = store.checkpoint(path)
-    head = (subtree or TRAINING_NAMES[name]).rstrip("/") + "/"
+    head = (subtree or name).rstrip("/") + "/"
     branch = {k[len(head):]: v for k, v in flat.items() if k.startswith(head)}
     if not branch:
         tops = sorted({k.split("/", 1)[0] for k in flat})
@@ -493,7 +483,7 @@ def _from_workdir(store: _WeightStore, name: str, where: str) -> dict:
 def _from_released(store: _WeightStore, name: str, path: str) -> dict:
     from codi_jax.convert import registry
 
-    component = registry.get(RELEASED_CONVERTERS[name])
+    component = registry.get(catalogue.NETWORKS[name].converter)
     sd = store.state_dict(path)
     if any(k.startswith(component.manifest_prefix) for k in sd):
         sd = registry.strip_prefix(sd, component.manifest_prefix)
@@ -568,8 +558,8 @@ def output_shapes(config, nets: Networks, variables: Mapping[str, Any]) -> dict[
     if round(float(config.audio_seconds) * media.AUDIO_RATE) != samples:
         raise ConfigError(f"audio_seconds is {config.audio_seconds} but latents.audio decodes to "
                           f"{mel[0]} mel frames = {samples / media.AUDIO_RATE} s")
-    return {"image": decoded(nets.autokl, variables["autokl"], shapes["image"]),
-            "video": decoded(nets.autokl, variables["autokl"], shapes["video"]),
+    return {"image": decoded(nets.image_vae, variables["image_vae"], shapes["image"]),
+            "video": decoded(nets.image_vae, variables["image_vae"], shapes["video"]),
             "audio": (samples,), "text": ()}
 
 
@@ -672,12 +662,12 @@ def _resolve_latent_scales(config) -> None:
     (codi_jax.train.handoff.measured_latent_scale); in place."""
     from codi_jax.train.handoff import measured_latent_scale
 
-    for name in ("autokl", "audio_vae", "optimus"):
+    for name in catalogue.LATENT_CODERS:
         spec = config.models[name]
         if spec.get("latent_scale") != "measured":
             continue
         kind, _, where = str(config.components[name]).partition(":")
-        scale = measured_latent_scale(resolve_checkpoint(where.partition("#")[0])[0], TRAINING_NAMES[name]) \
+        scale = measured_latent_scale(resolve_checkpoint(where.partition("#")[0])[0], name) \
             if kind == "workdir" else None
         if scale is None:
             raise ConfigError(f"models.{name}: latent_scale 'measured' needs weights from a training workdir that "
@@ -756,10 +746,10 @@ class CoDiPipeline:
         others from `config.components`; the networks are `config.models`."""
         config = copy.deepcopy(config)
         tops = {key.split("/", 1)[0] for key in _WeightStore().checkpoint(path)}
-        held = [name for name in COMPONENTS if TRAINING_NAMES[name] in tops]
+        held = [name for name in COMPONENTS if name in tops]
         if not held:
             raise CheckpointError(f"checkpoint {path}: holds none of the components "
-                                  f"{', '.join(TRAINING_NAMES.values())}; it has {sorted(tops)}")
+                                  f"{', '.join(COMPONENTS)}; it has {sorted(tops)}")
         for name in held:
             config.components[name] = f"workdir:{path}"
         return cls.from_config(config)
@@ -884,7 +874,7 @@ class CoDiPipeline:
     def _decode(self, modality: str, z, requests: Sequence[Request]):
         nets, v = self.nets, self.variables
         if modality in ("image", "video"):
-            return np.asarray(_decode_pixels(v["autokl"], z, model=nets.autokl))
+            return np.asarray(_decode_pixels(v["image_vae"], z, model=nets.image_vae))
         if modality == "audio" and self.mel_inversion == "griffin_lim":
             from codi_jax.eval import griffin_lim
 

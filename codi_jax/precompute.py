@@ -29,11 +29,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from codi_jax.data import encodings, pipeline, tokenizers
+from codi_jax.models.catalogue import LATENT_CODER_OF, PROMPT_ENCODER_OF
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.train import freeze, handoff
 from codi_jax.train.errors import ConfigError
-from codi_jax.train.stages.components import (LATENT_CODER_OF, PROMPT_ENCODER_OF, LatentCoders, Networks,
-                                              PromptEncoders, media_shapes)
+from codi_jax.train.stages.components import LatentCoders, Networks, PromptEncoders, media_shapes
 
 # Which earlier stage's workdir holds each network.
 SOURCE_STAGE = {"image_vae": "autoencoders", "audio_vae": "autoencoders", "optimus": "autoencoders",

@@ -120,8 +120,8 @@ def config_for_checkpoint(path: str):
     trained = saved.get("model", {})
     for size in ("tiny", "cpu", "full"):
         config = load_config(f"configs/sample.py:{size}")
-        names = [n for n in config.models if pipeline.TRAINING_NAMES[n] in trained]
-        if names and all(_networks(trained[pipeline.TRAINING_NAMES[n]]) == _networks(config.models[n])
+        names = [n for n in config.models if n in trained]
+        if names and all(_networks(trained[n]) == _networks(config.models[n])
                          for n in names):
             break
     else:

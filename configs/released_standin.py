@@ -52,10 +52,9 @@ def get_config(variant: str = "sample") -> ConfigDict:
         return c
     if variant == "latent_align":
         c = load_config_file(f"{REPO / 'configs' / 'latent_align.py'}:full")
-        sampling_names = {"image_vae": "autokl"}
         models = standins.models()
         for name in [k for k in c.model if isinstance(c.model[k], ConfigDict) and "variant" in c.model[k]]:
-            c.model[name] = ConfigDict(models[sampling_names.get(name, name)])
+            c.model[name] = ConfigDict(models[name])
         c.model.audio_frames = MEL_FRAMES
         c.data = shapes_tones_data(c.model.objectives, resolution=RESOLUTION, num_frames=FRAMES,
                                    audio_samples=MEL_FRAMES * 160, text_lengths=TEXT_LENGTHS)

@@ -35,27 +35,15 @@ Latents are channels-last and are checked against the networks when the pipeline
 """
 from ml_collections import ConfigDict
 
+from codi_jax.models.catalogue import NAMES, NETWORKS
 from codi_jax.train.defaults import model_components
-
-COMPONENTS = ("clip", "clap", "optimus", "autokl", "audio_vae", "vocoder", "unet_image", "unet_text", "unet_audio")
-# The training stages call the image VAE image_vae.
-TRAINING_NAME = {**{name: name for name in COMPONENTS}, "autokl": "image_vae"}
-# Where the Shapes & Tones CPU run keeps each component (the stage that trains it last).
-CPU_STAGE = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
-             "autokl": "autoencoders", "audio_vae": "autoencoders", "vocoder": "autoencoders",
-             "unet_image": "latent_align", "unet_text": "latent_align", "unet_audio": "latent_align"}
-
-
-def _models(size: str) -> ConfigDict:
-    presets = model_components(tuple(TRAINING_NAME.values()), size)
-    return ConfigDict({name: presets[TRAINING_NAME[name]] for name in COMPONENTS})
 
 
 def get_config(variant: str = "tiny") -> ConfigDict:
     c = ConfigDict()
     c.variant = variant
-    c.models = _models(variant if variant in ("cpu", "full") else "tiny")
-    c.components = ConfigDict({name: "random" for name in COMPONENTS})
+    c.models = model_components(NAMES, variant if variant in ("cpu", "full") else "tiny")
+    c.components = ConfigDict({name: "random" for name in NAMES})
     c.init_seed = 0
     # Local tokenizer folders, or "" for the Shapes & Tones vocabularies of codi_jax.data.tokenizers.
     c.tokenizers = ConfigDict(dict(clip="", gpt2=""))
@@ -84,7 +72,8 @@ def get_config(variant: str = "tiny") -> ConfigDict:
         c.video_fps = 8.0
         c.defaults.steps = 2
     elif variant == "cpu":
-        c.components = ConfigDict({name: f"workdir:workdirs/{CPU_STAGE[name]}" for name in COMPONENTS})
+        # Each component from the workdir of the stage that trains it last.
+        c.components = ConfigDict({name: f"workdir:workdirs/{net.stage}" for name, net in NETWORKS.items()})
         c.condition_frames = 8
         c.latents = ConfigDict(dict(image=(8, 8, 4), video=(8, 8, 8, 4), audio=(12, 8, 8), text=(16,)))
         c.audio_seconds = 0.96
@@ -99,7 +88,7 @@ def get_config(variant: str = "tiny") -> ConfigDict:
     elif variant == "full":
         encoders = "released:checkpoints/CoDi_encoders.pth"
         c.components = ConfigDict(dict(
-            clip=encoders, clap=encoders, optimus=encoders, autokl=encoders, audio_vae=encoders, vocoder=encoders,
+            clip=encoders, clap=encoders, optimus=encoders, image_vae=encoders, audio_vae=encoders, vocoder=encoders,
             unet_image="released:checkpoints/CoDi_video_diffuser_8frames.pth",
             unet_text="released:checkpoints/CoDi_text_diffuser.pth",
             unet_audio="released:checkpoints/CoDi_audio_diffuser_m.pth"))

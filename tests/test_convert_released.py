@@ -188,7 +188,7 @@ def test_a_mesh_lays_the_arrays_out_as_training_does(converted, world, tmp_path)
     sharded = 0
     for name in pipeline.COMPONENTS:
         want = jax.tree_util.tree_flatten_with_path(tree_shardings(targets[name], mesh))[0]
-        got = dict(jax.tree_util.tree_flatten_with_path(meta[pipeline.TRAINING_NAMES[name]])[0])
+        got = dict(jax.tree_util.tree_flatten_with_path(meta[name])[0])
         for path, sharding in want:
             spec = tuple(sharding.spec)
             assert tuple(got[path].sharding.partition_spec) == spec, (name, path)
@@ -267,7 +267,7 @@ def _foreign_weight(file: str, key: str):
     (_drop_key, [],
      r"clip \(keys under clip.model.\) cannot be converted: official key 'text_projection.weight' is missing"),
     (_foreign_weight("CoDi_encoders.pth", "autokl.lora_A.weight"), [],
-     "CoDi_encoders.pth: 1 autokl key.* have no place in the configured network, first autokl.lora_A.weight"),
+     "CoDi_encoders.pth: 1 image_vae key.* have no place in the configured network, first autokl.lora_A.weight"),
     (_foreign_weight("CoDi_text_diffuser.pth", "model.diffusion_model.unet_text.time_embed.0.lora_A"), [],
      "CoDi_text_diffuser.pth: unet_text .* cannot be converted: unknown UNetModel0D_MultiDim key "
      "'time_embed.0.lora_A'"),
@@ -320,4 +320,4 @@ def test_the_full_size_layout_converts_with_nothing_unused_or_missing(goldens_di
               for name, (_, _, c) in plan.conversions.items()}
     assert counts["unet_image"] == 1_772_784_247 and counts["unet_text"] == 2_048_385_408
     assert counts["unet_audio"] == 431_309_032 and counts["clap"] == 280_951_959 + 128
-    assert counts["clip"] == 737_647_217 and counts["autokl"] == 83_653_863
+    assert counts["clip"] == 737_647_217 and counts["image_vae"] == 83_653_863

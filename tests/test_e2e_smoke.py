@@ -102,7 +102,7 @@ def test_sampling_config_is_the_trained_networks(tmp_path):
         image_ldm = experiment.load_stage_config("image_ldm", v.train)
         assert main.models.unet_image.to_dict() == image_ldm.model.unet_image.to_dict()
         nets = pipeline.build_networks(main)
-        factor = 2 ** (len(nets.autokl.ch_mult) - 1)
+        factor = 2 ** (len(nets.image_vae.ch_mult) - 1)
         assert main.latents.image[0] * factor == image_ldm.data.preprocess.image.size
         assert main.latents.text == (nets.optimus.decoder.latent_size,)
         audio_frames = experiment.load_stage_config("audio_ldm", v.train).model.audio_frames

@@ -93,14 +93,14 @@ def _write_workdir(workdir, trees, saved_config, steps=(1,)):
 
 
 def _random_trees(config, components):
-    """Random variables of `components` (sampling names) at `config`'s sizes, keyed by their training names."""
+    """Random variables of `components` at `config`'s sizes."""
     abstract = pipeline.abstract_variables(pipeline.build_networks(config))
     rng = np.random.default_rng(0)
-    return {pipeline.TRAINING_NAMES[c]: pipeline.random_variables(abstract[c], rng) for c in components}
+    return {c: pipeline.random_variables(abstract[c], rng) for c in components}
 
 
 def _fake_training_run(workdir, config, steps):
-    trees = _random_trees(config, ("autokl", "unet_audio"))
+    trees = _random_trees(config, ("image_vae", "unet_audio"))
     _write_workdir(workdir, trees, {"stage": "fake"}, steps)
     return trees
 
@@ -109,15 +109,15 @@ def test_checkpoint_workdir_supplies_the_components_it_holds(inputs, tmp_path, c
     config = sample.load_config("configs/sample.py:tiny")
     trees = _fake_training_run(tmp_path / "run", config, steps=(1, 2))
     pipe = pipeline.CoDiPipeline.from_checkpoint(tmp_path / "run" / "checkpoints" / "2", config)
-    assert pipe.sources["autokl"] == pipe.sources["unet_audio"] == f"workdir:{tmp_path / 'run' / 'checkpoints' / '2'}"
+    assert pipe.sources["image_vae"] == pipe.sources["unet_audio"] == f"workdir:{tmp_path / 'run' / 'checkpoints' / '2'}"
     assert pipe.sources["clip"] == "random"
-    for ours, theirs in (("autokl", "image_vae"), ("unet_audio", "unet_audio")):
-        jax.tree.map(np.testing.assert_array_equal, pipe.variables[ours], trees[theirs])
+    for name in ("image_vae", "unet_audio"):
+        jax.tree.map(np.testing.assert_array_equal, pipe.variables[name], trees[name])
     status, err = _run(TINY + ["--checkpoint", tmp_path / "run", "--text", inputs["text"], "--outputs", "video,audio",
                                "--out", tmp_path / "out"], capsys)
     assert status == 0, err
     components = json.loads((tmp_path / "out" / "request.json").read_text())["run"]["components"]
-    assert components["autokl"] == f"workdir:{tmp_path / 'run'}" and components["unet_image"] == "random"
+    assert components["image_vae"] == f"workdir:{tmp_path / 'run'}" and components["unet_image"] == "random"
     status, err = _run(TINY + ["--checkpoint", tmp_path / "run" / "checkpoints" / "1", "--text", "x", "--outputs",
                                "image", "--out", tmp_path / "old"], capsys)
     assert status == 2 and "only the latest step (2)" in err
@@ -134,7 +134,7 @@ def test_readme_generation_command_samples_a_tiny_training_workdir_without_a_con
     written: the workdir's run says which networks, the components it does not hold stay random."""
     argv = _readme_generation_command()
     assert argv[:3] == ["python", "-m", "codi_jax.sample"] and "--config" not in argv
-    held = ("clip", "optimus", "autokl", "audio_vae", "unet_image", "unet_text", "unet_audio")
+    held = ("clip", "optimus", "image_vae", "audio_vae", "unet_image", "unet_text", "unet_audio")
     trees = _random_trees(sample.load_config("configs/sample.py:tiny"), held)
     training = json.loads(load_config_file(str(REPO / "configs" / "latent_align.py")).to_json_best_effort())
     _write_workdir(tmp_path / argv[argv.index("--checkpoint") + 1], trees, training)

@@ -179,7 +179,7 @@ def test_inputs_the_encoders_reject(pipe, example, change, message):
     (lambda c: setattr(c.components, "clip", "somewhere:/x"), "components.clip: 'somewhere:/x' is not"),
     (lambda c: setattr(c, "mel_inversion", "wavenet"), "mel_inversion: 'wavenet' is not one of"),
     (lambda c: setattr(c.components, "vocoder", "released:/no/such.pth"), "released weights /no/such.pth: no such"),
-    (lambda c: setattr(c.components, "autokl", "workdir:/no/such/dir"), "checkpoint /no/such/dir: no such directory"),
+    (lambda c: setattr(c.components, "image_vae", "workdir:/no/such/dir"), "checkpoint /no/such/dir: no such directory"),
 ])
 def test_config_errors(config, edit, message):
     broken = copy.deepcopy(config)

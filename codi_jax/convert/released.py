@@ -59,19 +59,20 @@ from codi_jax.convert import registry, state_dict
 from codi_jax.convert.lazy import LazyConversion
 from codi_jax.convert.workdir import LazyArray, write
 from codi_jax.diffusion.schedule import BUFFER_NAMES, make_schedule
+from codi_jax.models import catalogue
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.parallel.partitioning import tree_shardings
 from codi_jax.train.stages import components
 
 EXIT_BAD_INPUT = 2
-# The released files and the networks (sampling names) each supplies.
+# The released files and the networks each supplies.
 FILES = {
-    "CoDi_encoders.pth": ("clip", "clap", "optimus", "autokl", "audio_vae", "vocoder"),
+    "CoDi_encoders.pth": ("clip", "clap", "optimus", "image_vae", "audio_vae", "vocoder"),
     "CoDi_text_diffuser.pth": ("unet_text",),
     "CoDi_audio_diffuser_m.pth": ("unet_audio",),
     "CoDi_video_diffuser_8frames.pth": ("unet_image",),
 }
-# What each stage's checkpoint holds (training names): the networks of configs/<stage>.py:full, which
+# What each stage's checkpoint holds: the networks of configs/<stage>.py:full, which
 # later stages copy by name; latent_align also carries clap and the vocoder, so one workdir holds every
 # network the sampler needs.
 STAGES = {
@@ -81,7 +82,7 @@ STAGES = {
     "video_ldm": ("unet_image", "image_vae", "clip"),
     "audio_ldm": ("unet_audio", "audio_vae", "clip"),
     "text_ldm": ("unet_text", "optimus", "clip"),
-    "latent_align": components.COMPONENTS,
+    "latent_align": catalogue.NAMES,
 }
 DTYPES = ("keep", "float32", "bfloat16", "float16")
 # Why the official buffers our converters leave unread exist (their `ignored_keys`).
@@ -112,7 +113,7 @@ class ConversionError(ValueError):
 class Plan:
     """Everything known before a byte is written: key classes, per-network conversions, problems."""
     files: dict          # file -> {"bytes", "dtype", "keys": {key: {"shape", "dtype", "status", ...}}}
-    conversions: dict    # network (sampling name) -> (file, prefix, LazyConversion)
+    conversions: dict    # network -> (file, prefix, LazyConversion)
     targets: dict        # network -> boxed abstract variables of the configured model
     errors: list
 
@@ -130,12 +131,12 @@ def _converter(name: str) -> Callable[[Mapping], dict]:
         from codi_jax.convert.clap import convert_variables
 
         return convert_variables
-    component = registry.get(pipeline.RELEASED_CONVERTERS[name])
+    component = registry.get(catalogue.NETWORKS[name].converter)
     return lambda sd: {"params": component.convert(sd)}
 
 
 def _prefixes() -> dict[str, str]:
-    return {name: registry.get(converter).manifest_prefix for name, converter in pipeline.RELEASED_CONVERTERS.items()}
+    return {name: registry.get(net.converter).manifest_prefix for name, net in catalogue.NETWORKS.items()}
 
 
 def _owner(key: str, prefixes: Mapping[str, str]) -> str | None:
@@ -152,7 +153,7 @@ def target_variables(config) -> dict:
     """{network: boxed abstract variables} of the configured networks (nothing allocated)."""
     nets = pipeline.build_networks(config)
     return {name: jax.eval_shape(lambda rng, n=name: components.init_variables(
-        pipeline.TRAINING_NAMES[n], nets.modules[n], rng), jax.random.key(0)) for name in pipeline.COMPONENTS}
+        n, nets.modules[n], rng), jax.random.key(0)) for name in catalogue.NAMES}
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:
@@ -189,7 +190,7 @@ def plan(metas: Mapping[str, Mapping[str, tuple]], targets: Mapping[str, Any], s
             for leaf, sources in conversion.sources.items():
                 for source in sources:
                     feeds[prefix + source].append(leaf)
-            ignored = registry.get(pipeline.RELEASED_CONVERTERS[name]).ignored_keys
+            ignored = registry.get(catalogue.NETWORKS[name].converter).ignored_keys
             unused = []
             for key in own:
                 if key[len(prefix):] in conversion.read:
@@ -298,7 +299,7 @@ def render(plan_: Plan, header: str) -> str:
         lines.append(f"{file:<34} {info['dtype']:<9} {info['bytes']:>15,} {len(info['keys']):>6} "
                      f"{counts['mapped']:>7} {counts['constant']:>9} {counts['extra']:>6} {counts['unexplained']:>12}")
     lines += ["", f"{'network':<12} {'from':<34} {'official keys':>13} {'arrays':>7} {'values':>15}"]
-    for name in pipeline.COMPONENTS:
+    for name in catalogue.NAMES:
         if name in plan_.conversions:
             file, _, conversion = plan_.conversions[name]
             values = sum(math.prod(s.shape) for s in conversion.shapes.values())
@@ -346,10 +347,8 @@ def _parse_mesh(text: str):
 def _stage_state(stage: str, plan_: Plan, read, release, dtype: str, mesh) -> dict:
     """The stage's TrainState-shaped tree of LazyArrays: every network under `params` (a converted
     checkpoint has no optimizer state; which parts train is the fine-tuning run's choice)."""
-    sampling = {pipeline.TRAINING_NAMES[n]: n for n in pipeline.COMPONENTS}
     params = {}
-    for training_name in STAGES[stage]:
-        name = sampling[training_name]
+    for name in STAGES[stage]:
         file, prefix, conversion = plan_.conversions[name]
         target = plan_.targets[name]
         shardings = (traverse_util.flatten_dict(tree_shardings(target, mesh), sep="/")
@@ -361,7 +360,7 @@ def _stage_state(stage: str, plan_: Plan, read, release, dtype: str, mesh) -> di
             leaves[path] = LazyArray(tuple(aval.shape), np.dtype(out_dtype), _maker(
                 conversion, path, lambda key, f=file, p=prefix: read(f, p + key),
                 lambda key, f=file, p=prefix: release(f, p + key), out_dtype, shardings.get(path)))
-        params[training_name] = traverse_util.unflatten_dict(leaves, sep="/")
+        params[name] = traverse_util.unflatten_dict(leaves, sep="/")
     return {"step": 0, "params": params, "frozen": {}, "opt_state": {}, "ema": {}, "skipped": 0}
 
 
@@ -442,7 +441,7 @@ def convert(args, config) -> None:
         for stage, names in stages.items():
             state = _stage_state(stage, plan_, read, lambda file, key: state_dict.release(opened[file][key]),
                                  args.dtype, mesh)
-            models = {pipeline.TRAINING_NAMES[n]: config.models[n].to_dict() for n in pipeline.COMPONENTS}
+            models = {n: config.models[n].to_dict() for n in catalogue.NAMES}
             write(tmp / stage, state, {"stage": stage, "released": record,
                                        "model": {n: models[n] for n in names}}, sharded=mesh is not None)
             (tmp / stage / pipeline.RELEASED_MARKER).write_text(json.dumps({**record, "stage": stage,

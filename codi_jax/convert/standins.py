@@ -117,7 +117,7 @@ def _fields(module) -> dict:
 
 
 def models(goldens=None) -> dict[str, dict]:
-    """{network (sampling name): {"variant": constructor kwargs, "overrides": {}}} fitting the stand-ins."""
+    """{network: {"variant": constructor kwargs, "overrides": {}}} fitting the stand-ins."""
     goldens = goldens_dir(goldens)
     clip_ctor = _config(goldens, "clip")["constructor"]
     clap_ctor = _config(goldens, "clap")["constructor"]
@@ -133,7 +133,7 @@ def models(goldens=None) -> dict[str, dict]:
                                           temporal=clip_ctor.get("add_temporal_attention", True)),
         "clap": clap_convert.model_kwargs(clap_ctor["HTSAT_Swin_Transformer"], clap_ctor["CLAP"]),
         "optimus": text_model,
-        "autokl": autoencoder.kwargs_from_official(image_ctor["ddconfig"], image_ctor["embed_dim"], audio=False),
+        "image_vae": autoencoder.kwargs_from_official(image_ctor["ddconfig"], image_ctor["embed_dim"], audio=False),
         "audio_vae": autoencoder.kwargs_from_official(audio["constructor"]["ddconfig"],
                                                       audio["constructor"]["embed_dim"], audio=True),
         "vocoder": vocoder.kwargs_from_official(audio["vocoder_h"]),

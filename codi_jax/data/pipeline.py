@@ -30,8 +30,8 @@ import numpy as np
 
 from codi_jax.data import encodings, preprocess, records, tokenizers
 from codi_jax.data import shapes_tones as st
+from codi_jax.models.catalogue import MODALITIES
 
-MODALITIES = ("image", "video", "audio", "text")
 DATASETS = ("shapes_tones", "records", "encoded")
 DEFAULT_MAX_LENGTH = {"clip": tokenizers.CLIP_MAX_LENGTH, "bert": 32, "gpt2": 32}
 

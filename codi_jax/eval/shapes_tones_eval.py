@@ -36,8 +36,8 @@ import numpy as np
 
 from codi_jax.data import shapes_tones as st
 from codi_jax.eval import oracle, scoring
+from codi_jax.models.catalogue import MODALITIES
 
-MODALITIES = ("text", "image", "video", "audio")
 # The paper's latent-alignment chain (codi-reference.md §10): text+image, then text+audio, then audio+video.
 PAPER_TRAINED_PAIRS = (("text", "image"), ("text", "audio"), ("audio", "video"))
 # Output pairs to pick the zero-shot cell from, in order of preference: the first one latent alignment did

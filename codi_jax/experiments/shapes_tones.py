@@ -47,11 +47,8 @@ STAGES = ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm
 ABLATION_STAGE = "latent_align_own"
 ENCODINGS = "encodings"  # the precompute step's name and folder (codi_jax.precompute)
 WIRING_KEY = "model.wiring"
-# The stage whose checkpoint the sampling pipeline takes each component from: the last one that trains it.
+# The init_from key through which a stage's chained pre-runs (below) hand it their workdir.
 CHAIN_INIT = {"autoencoders": "autoencoders", "bridging_align": "clip_from"}
-COMPONENT_STAGES = {"clip": "bridging_align", "clap": "bridging_align", "optimus": "autoencoders",
-                    "autokl": "autoencoders", "audio_vae": "autoencoders", "vocoder": "autoencoders",
-                    "unet_image": "latent_align", "unet_text": "latent_align", "unet_audio": "latent_align"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,13 +202,15 @@ def sampling_config(workdir: pathlib.Path, variant: Variant, align_stage: str, w
     on; everything else (tokenizers, batch size, fps, ...) from configs/sample.py:<variant.sample>."""
     from codi_jax import pipeline
     from codi_jax.data import mel
+    from codi_jax.models import catalogue
     from codi_jax.sample import load_config
 
     config = load_config(f"{REPO_ROOT / 'configs' / 'sample.py'}:{variant.sample}")
     stages = {s: load_stage_config(s, variant.train) for s in ("autoencoders", "bridging_align", "image_ldm",
                                                                 "video_ldm", "audio_ldm", "latent_align")}
-    for component, stage in COMPONENT_STAGES.items():
-        config.models[component] = stages[stage].model[pipeline.TRAINING_NAMES[component]]
+    for component, network in catalogue.NETWORKS.items():  # each from the stage that trains it last
+        stage = network.stage
+        config.models[component] = stages[stage].model[component]
         config.components[component] = f"workdir:{workdir / (align_stage if stage == 'latent_align' else stage)}"
     if "vocoder" not in stages["autoencoders"].model.components:
         if config.mel_inversion == "vocoder":
@@ -219,14 +218,14 @@ def sampling_config(workdir: pathlib.Path, variant: Variant, align_stage: str, w
                              f"{variant.sample} decodes audio with one (mel_inversion)")
         config.components["vocoder"] = "random"  # built for the shape checks, never run
     nets = pipeline.build_networks(config)
-    image_factor = 2 ** (len(nets.autokl.ch_mult) - 1)
+    image_factor = 2 ** (len(nets.image_vae.ch_mult) - 1)
     audio_factor = 2 ** (len(nets.audio_vae.ch_mult) - 1)
     image = stages["image_ldm"].data.preprocess.image.size // image_factor
     video = stages["video_ldm"].data.preprocess.video
     audio_frames = int(stages["audio_ldm"].model.audio_frames)
     config.latents = {
-        "image": (image, image, nets.autokl.embed_dim),
-        "video": (video.num_frames, video.size // image_factor, video.size // image_factor, nets.autokl.embed_dim),
+        "image": (image, image, nets.image_vae.embed_dim),
+        "video": (video.num_frames, video.size // image_factor, video.size // image_factor, nets.image_vae.embed_dim),
         "audio": (audio_frames // audio_factor, mel.N_MELS // audio_factor, nets.audio_vae.embed_dim),
         "text": (nets.optimus.decoder.latent_size,)}
     config.audio_seconds = audio_frames * math.prod(nets.vocoder.upsample_rates) / mel.SAMPLE_RATE

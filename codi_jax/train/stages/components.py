@@ -16,6 +16,7 @@ temporal, everything else "all"; the `batch_stats` collection is never trainable
 """
 from __future__ import annotations
 
+import importlib
 import re
 
 import jax
@@ -23,24 +24,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from codi_jax.models import autoencoder, clap, clip, optimus, unet, unet_text, vocoder
+from codi_jax.models import catalogue, clap, clip, optimus, unet
+from codi_jax.models.catalogue import LATENT_CODER_OF, LATENT_CODERS, MODALITIES, NAMES as COMPONENTS, UNETS
 from codi_jax.models.clip_preprocess import OPENAI_MEAN, OPENAI_STD
 from codi_jax.train.errors import ConfigError
 
-COMPONENTS = ("clip", "clap", "image_vae", "audio_vae", "vocoder", "optimus", "unet_image", "unet_audio",
-              "unet_text")
-UNETS = ("unet_image", "unet_audio", "unet_text")
-UNET_OF = {"image": "unet_image", "video": "unet_image", "audio": "unet_audio", "text": "unet_text"}
-LATENT_CODER_OF = {"image": "image_vae", "video": "image_vae", "audio": "audio_vae", "text": "optimus"}
-PROMPT_ENCODER_OF = {"text": "clip", "image": "clip", "video": "clip", "audio": "clap"}
-MODALITIES = ("image", "video", "audio", "text")
 # The batch entry each modality is read from by the prompt encoders and by the latent coders.
 PROMPT_KEY = {"image": "image", "video": "video", "audio": "audio", "text": "text_ids/clip"}
 LATENT_KEY = {"image": "image", "video": "video", "audio": "audio", "text": "text_ids/bert"}
 
-_BUILDERS = {"clip": clip.build, "clap": clap.build, "image_vae": autoencoder.build, "audio_vae": autoencoder.build,
-             "vocoder": vocoder.build, "unet_image": unet.build, "unet_audio": unet.build,
-             "unet_text": unet_text.build}
 # Which constructor options each network takes from the trainer's dtype / remat_policy / attn_impl (CLAP's
 # 64-token windows and GPT-2's cached decoding keep their own attention: no kernel serves them).
 _TAKES_REMAT = set(UNETS)
@@ -68,12 +60,10 @@ def build(name: str, spec, *, dtype, remat_policy: str, attn_impl: str = "xla"):
             extra["remat_policy"] = remat_policy
         if name in _TAKES_ATTN_IMPL:
             extra["attn_impl"] = attn_impl
-        return _BUILDERS[name](variant, **overrides, **extra)
+        builder = importlib.import_module(f"codi_jax.models.{catalogue.NETWORKS[name].module}").build
+        return builder(variant, **overrides, **extra)
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"config.model.{name}: {e}") from None
-
-
-LATENT_CODERS = ("image_vae", "audio_vae", "optimus")
 
 
 def with_measured_scales(model_config, autoencoders_workdir: str):

@@ -32,11 +32,11 @@ from codi_jax.diffusion.loss import diffusion_loss
 from codi_jax.diffusion.schedule import PREDICTIONS, eps_from_prediction, make_schedule
 from codi_jax.eval import probes
 from codi_jax.models import optimus
+from codi_jax.models.catalogue import LATENT_CODER_OF, MODALITIES, PROMPT_ENCODER_OF, UNET_OF
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.base import Pretrained, Stage, require_choice
-from codi_jax.train.stages.components import (LATENT_CODER_OF, MODALITIES, PROMPT_ENCODER_OF, UNET_OF, LatentCoders,
-                                              Networks, PromptEncoders, has_input, media_shapes, with_measured_scales,
-                                              trainable_predicate)
+from codi_jax.train.stages.components import (LatentCoders, Networks, PromptEncoders, has_input, media_shapes,
+                                              with_measured_scales, trainable_predicate)
 
 
 class Conditioning:
