@@ -308,7 +308,8 @@ class CheckpointError(ConfigError):
 
 
 def enable_compilation_cache(path) -> str | None:
-    """Turn on JAX's persistent compilation cache in `path` ('' or 'none': leave it off)."""
+    """Turn on JAX's persistent compilation cache in `path` ('' or 'none': leave JAX's setting,
+    off unless JAX_COMPILATION_CACHE_DIR is set)."""
     if not path or str(path).lower() == "none":
         return None
     path = os.path.abspath(os.path.expanduser(str(path)))

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, help="requests per compiled call (default: the config's)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="output folder")
-    out.add_argument("--compilation-cache", help="persistent XLA cache folder ('none' turns it off; default: "
-                                                 "the config's compilation_cache_dir)")
+    out.add_argument("--compilation-cache", help="persistent XLA cache folder ('none': leave JAX's own setting, off "
+                                                 "unless JAX_COMPILATION_CACHE_DIR is set; default: the config's "
+                                                 "compilation_cache_dir)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -64,7 +64,8 @@ def get_config(variant: str = "tiny") -> ConfigDict:
     # Requests per compiled sampling call; shorter batches are padded, so each signature compiles once.
     c.batch_size = 4
     c.defaults = ConfigDict(dict(sampler="ddim", steps=50, guidance=7.5, seed=0))
-    # Persistent XLA compilation cache ("" turns it off); the CLI's --compilation-cache overrides it.
+    # Persistent XLA compilation cache ("": leave JAX's own setting, off unless JAX_COMPILATION_CACHE_DIR is set);
+    # the CLI's --compilation-cache overrides it.
     c.compilation_cache_dir = "~/.cache/codi_jax/xla"
     if variant == "tiny":
         c.latents = ConfigDict(dict(image=(16, 16, 4), video=(4, 16, 16, 4), audio=(16, 32, 8), text=(16,)))
