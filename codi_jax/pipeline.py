@@ -867,7 +867,7 @@ class CoDiPipeline:
         for group in ([(m,) for m in first.outputs] if first.independent else [first.outputs]):
             latents.update(_sample(self.codi_variables, {m: x_T[m] for m in group}, cond, uncond,
                                    {m: scales[m] for m in group}, model=self.nets.codi, wiring=self.wiring,
-                                   predictions=tuple((m, self.predictions[codi.UNET_OF[m]]) for m in group),
+                                   predictions=tuple((m, self.predictions[catalogue.UNET_OF[m]]) for m in group),
                                    aliased_skip=self.aliased_skip, method=first.sampler, steps=first.steps))
         decoded = {m: self._decode(m, z, padded) for m, z in latents.items()}
         return [{m: decoded[m][i] for m in first.outputs} for i in range(len(chunk))]

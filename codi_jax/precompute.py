@@ -29,15 +29,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from codi_jax.data import encodings, pipeline, tokenizers
-from codi_jax.models.catalogue import LATENT_CODER_OF, PROMPT_ENCODER_OF
+from codi_jax.models.catalogue import LATENT_CODER_OF, NETWORKS, PROMPT_ENCODER_OF
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.train import freeze, handoff
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.components import LatentCoders, Networks, PromptEncoders, media_shapes
-
-# Which earlier stage's workdir holds each network.
-SOURCE_STAGE = {"image_vae": "autoencoders", "audio_vae": "autoencoders", "optimus": "autoencoders",
-                "clip": "bridging_align", "clap": "bridging_align"}
 
 
 def _networks(config) -> tuple[Networks, tuple[str, ...]]:
@@ -48,18 +44,20 @@ def _networks(config) -> tuple[Networks, tuple[str, ...]]:
 def load_params(config, networks: Networks, names, rng) -> tuple[dict, dict[str, str]]:
     """{component: variables} from the init_from workdirs (EMA where kept); random where none is given
     (tests, smoke runs). Also {component: source} for the metadata."""
-    params, sources = {}, {}
+    params, sources, restored = {}, {}, {}
     random = jax.jit(networks.init)(rng)
     for name in names:
-        workdir = config.init_from.get(SOURCE_STAGE[name], "")
+        workdir = config.init_from.get(NETWORKS[name].stage, "")
         if not workdir:
             params[name], sources[name] = nn.meta.unbox(random[name]), "random"
             continue
-        step, flat = handoff.restore_params(workdir, config.init_from_ema)
+        if workdir not in restored:  # several networks come from one workdir: read it once
+            restored[workdir] = handoff.restore_params(workdir, config.init_from_ema)
+        step, flat = restored[workdir]
         head = name + freeze.SEP
         branch = {k[len(head):]: v for k, v in flat.items() if k.startswith(head)}
         if not branch:
-            raise ConfigError(f"init_from.{SOURCE_STAGE[name]}: {workdir} (step {step}) holds no {name}")
+            raise ConfigError(f"init_from.{NETWORKS[name].stage}: {workdir} (step {step}) holds no {name}")
         params[name], sources[name] = freeze.unflatten(branch), f"{workdir} step {step}"
     return params, sources
 

@@ -35,11 +35,10 @@ import numpy as np
 
 from codi_jax.models import unet as unet2d_lib
 from codi_jax.models import unet_text as unet_text_lib
-from codi_jax.models.catalogue import MODALITIES
+from codi_jax.models.catalogue import MODALITIES, UNET_OF
 from codi_jax.models.unet import UNet2D
 from codi_jax.models.unet_text import UNetText
 
-UNET_OF = {"image": "unet_image", "video": "unet_image", "text": "unet_text", "audio": "unet_audio"}
 LATENT_RANK = {"image": 4, "video": 5, "text": 2, "audio": 4}
 _LAYOUT = {"image": "[B, H, W, C]", "video": "[B, F, H, W, C]", "text": "[B, Z]", "audio": "[B, T, M, C]"}
 WIRINGS = ("own", "others")
