@@ -21,7 +21,13 @@ Variants:
   cpu   the Shapes & Tones run: the paper's three objectives text_image, text_audio, audio_video
         mixed (audio_video twice as often), v-prediction as the cpu ldms, contrastive weight 0.1, 32 px,
         8 frames, 1.024 s audio, 600 steps of 16, reading the earlier stages' workdirs; joint probe:
-        text -> video + audio generated together against independently.
+        text -> video + audio generated together against independently. Joint onset agreement stays at chance
+        (run4: 18.5 % joint, 30.0 % independent) because V carries no onset: a nearest-centroid read of V(z_t)
+        over 256 validation examples gives onset 21-32 % at t = 0-600 (colour 84-100 %) for both encoders, and
+        the trained model's v-MSE is the same with the paired clip and with one of another onset. The path
+        behind V works: the frozen audio UNet's connectors trained for 400 steps on an oracle token (a learned
+        embedding of the true onset) give a 2.3-2.4x lower v-MSE with the right token at t = 500-700.
+        contrastive_weight 1.0 (tried) leaves V without onset (joint onset 18.8 %).
   full  released sizes (the three CoDi UNets, SD VAE, AudioLDM VAE, Optimus, CLIP) on prepared
         records; bf16 compute, full remat. benchmarks/bench_train.py compiles its text_image step.
 Set model.contrastive_weight > 0 for the paper's contrastive term between environment encoders;
