@@ -105,6 +105,31 @@ def test_joint_probe(examples):
     assert scores["joint/video_accuracy"] == 1.0 and abs(scores["independent/audio_accuracy"] - 0.29) < 0.12
 
 
+def _onehots(batch, names):
+    return np.concatenate([np.eye(len(values))[batch[name]] for name, values in
+                           (("color", st.COLORS), ("shape", st.SHAPES), ("motion", st.MOTIONS), ("onset", range(4)))
+                           if name in names], axis=1)
+
+
+def test_env_readout_finds_what_the_encodings_carry_and_nothing_else(examples):
+    """Encodings that are the attributes' one-hots read back 100 % by nearest centroid; encodings without the onset
+    read it at chance (the run4 diagnosis: V carried colour and shape, not onset)."""
+    batch, _ = examples
+    targets = probes.attributes_of(batch)
+    rng = np.random.default_rng(0)
+    full, no_onset = (x + 0.05 * rng.normal(size=x.shape) for x in (_onehots(batch, st.ATTRIBUTES),
+                                                                     _onehots(batch, ("color", "shape"))))
+    scores = probes.score_env({"video@0": full, "audio@500": no_onset[:, None]}, targets)
+    assert {k: v for k, v in scores.items() if k.startswith("env/video@0/")} == {
+        f"env/video@0/{a}": 1.0 for a in ("color", "shape", "motion", "onset")}
+    assert set(scores) - {k for k in scores if k.startswith("env/video@0/")} == {
+        "env/audio@500/color", "env/audio@500/shape", "env/audio@500/onset"}  # audio carries no motion
+    assert scores["env/audio@500/color"] == scores["env/audio@500/shape"] == 1.0
+    assert abs(scores["env/audio@500/onset"] - 0.25) < 0.12
+    joint = probes.score_joint({"joint": {"video": examples[1]["video"]}, "env": {"video@0": full}}, targets)
+    assert joint["env/video@0/onset"] == 1.0 and joint["joint/video_accuracy"] == 1.0
+
+
 def test_probe_log_keeps_every_step_and_replaces_a_repeat(tmp_path):
     log = probes.ProbeLog(tmp_path)
     log.add(10, {"accuracy": 0.5})
@@ -128,3 +153,13 @@ def test_a_probe_of_another_stage_is_one_config_error():
     with pytest.raises(ConfigError, match=r"^config.probe.kind 'generation': the bridging_align stage's probe is "
                                           r"'retrieval'$"):
         stage.probe()
+
+
+def test_report_table_shows_headlines_with_their_attributes_and_what_v_carries():
+    from codi_jax.eval import probe_report
+
+    scores = {"joint/onset_agreement": 0.5, "joint/agreement": 0.75, "joint/video_accuracy": 0.9,
+              "env/video@0/color": 1.0, "env/video@0/onset": 0.25, "env/audio@500/onset": 0.5}
+    rows = probe_report.table({"latent_align": [{"step": 10, "scores": {}}, {"step": 20, "scores": scores}]})
+    assert rows[2] == ("| latent_align | 20 | joint/agreement 75.0 (video_accuracy 90); joint/onset_agreement 50.0 "
+                       "(video_accuracy 90); env/audio@500 (onset 50); env/video@0 (color 100, onset 25) |")

@@ -232,3 +232,77 @@ def test_env_contrastive_cannot_be_met_by_the_timestep_alone():
         loss, accuracy = stage.env_contrastive({}, ("text", "image"), x0, jax.random.key(seed))
         assert float(loss) == pytest.approx(np.log(b), rel=1e-5)
         assert float(accuracy) == pytest.approx(1 / b)
+
+
+def test_env_contrastive_adds_a_time_shifted_negative_for_timed_pairs_only():
+    """With model.shift_negatives each audio_video row also competes with its partner shifted in time: encoders
+    that see only t tie all B + 1 candidates (loss log(B + 1)); a pair without a time axis keeps B (log B). The
+    batch's t is drawn below model.contrastive_max_t."""
+    from codi_jax.parallel import mesh as mesh_lib
+    from codi_jax.train import stages
+
+    seen = []
+
+    class Recording(_TimestepOnlyV):
+        def apply(self, params, name, x, t, method):
+            seen.append(np.asarray(t))
+            return super().apply(params, name, x, t, method)
+
+    config = load("latent_align", **{"model.contrastive_weight": 0.1, "model.shift_negatives": 0.3,
+                                     "model.contrastive_max_t": 20})
+    stage = stages.build(config, mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}))
+    stage.networks = Recording()
+    b = 16
+    timed = {"video": jnp.zeros((b, 8, 4, 4, 4)), "audio": jnp.zeros((b, 6, 4, 4))}
+    untimed = {"text": jnp.zeros((b, 16)), "image": jnp.zeros((b, 8, 8, 4))}
+    loss, _ = stage.env_contrastive({}, ("audio", "video"), timed, jax.random.key(0))
+    assert float(loss) == pytest.approx(np.log(b + 1), rel=1e-5)
+    loss, _ = stage.env_contrastive({}, ("text", "image"), untimed, jax.random.key(0))
+    assert float(loss) == pytest.approx(np.log(b), rel=1e-5)
+    assert len(seen) == 6 and max(int(t.max()) for t in seen) < 20  # of 1000 timesteps
+
+
+def test_time_shifted_moves_each_row_and_repeats_the_edge():
+    from codi_jax.train.stages.latent_align import random_shift_fractions, time_shifted
+
+    x = jnp.broadcast_to(jnp.arange(8.0)[None, :, None], (3, 8, 2))
+    out = time_shifted(x, jnp.array([0.25, -0.25, 0.01]))[..., 0]
+    np.testing.assert_array_equal(out, [[0, 0, 0, 1, 2, 3, 4, 5], [2, 3, 4, 5, 6, 7, 7, 7],
+                                        [0, 0, 1, 2, 3, 4, 5, 6]])  # the shortest shift is one position
+    f = random_shift_fractions(jax.random.key(0), 1000, 0.375)
+    assert 0.1 <= float(jnp.abs(f).min()) and float(jnp.abs(f).max()) <= 0.375
+    assert 0.4 < float((f > 0).mean()) < 0.6
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("shift_negatives", 0.7, r"^config.model.shift_negatives must be in \[0, 0.5\] \(a fraction of the clip\), got 0.7$"),
+    ("contrastive_max_t", 0, r"^config.model.contrastive_max_t must be in \[1, 1000\], got 0$")])
+def test_env_contrastive_settings_out_of_range_are_one_config_error(key, value, message):
+    from codi_jax.parallel import mesh as mesh_lib
+    from codi_jax.train import stages
+
+    config = load("latent_align", **{f"model.{key}": value})
+    with pytest.raises(ConfigError, match=message):
+        stages.build(config, mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}))
+
+
+def test_info_nce_hard_negatives_are_one_more_candidate_per_row_on_8_shards():
+    """Rows e_i (a = b): each row's logits are s at its positive and 0 elsewhere, so the loss is
+    -log(e^s / (e^s + B - 1)); a hard negative equal to the positive adds e^s, an orthogonal one adds 1."""
+    from codi_jax.parallel import mesh as mesh_lib
+    from codi_jax.train.stages.contrastive import info_nce
+
+    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    b, s = 8, 2.0
+    eye = jnp.eye(b)
+    log_scale = jnp.log(jnp.float32(s))
+    expected = {"none": -np.log(np.exp(s) / (np.exp(s) + b - 1)),
+                "equal": -np.log(np.exp(s) / (2 * np.exp(s) + b - 1)),
+                "orthogonal": -np.log(np.exp(s) / (np.exp(s) + b))}
+    for name, hard in (("none", {}), ("equal", {"hard_a": eye, "hard_b": eye}),
+                       ("orthogonal", {"hard_a": jnp.zeros((b, b)), "hard_b": jnp.zeros((b, b))})):
+        loss, accuracy = info_nce(eye, eye, log_scale, mesh, **hard)
+        assert float(loss) == pytest.approx(expected[name], rel=1e-5), name
+        assert float(accuracy) == 1.0  # a tie goes to the first index, the positive
+    with pytest.raises(ValueError, match="pass both hard_a and hard_b, or neither"):
+        info_nce(eye, eye, log_scale, mesh, hard_a=eye)

@@ -42,6 +42,9 @@ def table(probes: Mapping[str, list[dict]]) -> list[str]:
         last = entries[-1]
         cells = [f"{k} {100 * v:.1f}{_attributes(last['scores'], k.rsplit('/', 1)[0])}"
                  for k, v in sorted(headline(last["scores"]).items())]
+        # What each environment encoder carries (the joint probe): attributes only, no headline of its own.
+        cells += [f"{p}{_attributes(last['scores'], p)}"
+                  for p in sorted({k.rsplit("/", 1)[0] for k in last["scores"] if k.startswith("env/")})]
         lines.append(f"| {stage} | {last['step']} | {'; '.join(cells)} |")
     return lines
 

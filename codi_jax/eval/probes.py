@@ -14,7 +14,9 @@ back with the Shapes & Tones oracle and scores them against the examples' attrib
                   audio_video: colour, shape and onset)
   generation      each ldm: outputs generated from each condition modality, conditional accuracy
   joint           latent_align: text -> video + audio generated jointly and independently (same noise):
-                  onset agreement, attribute agreement and each output's accuracy, both ways
+                  onset agreement, attribute agreement and each output's accuracy, both ways; and what each
+                  output's environment encoder V(z_t) carries: every attribute of the modality read from the
+                  encodings of the probe's own clips by leave-one-out nearest class centroid, at a few t
 
 The trainer writes the scores to TensorBoard (`probe/...`), the progress line and WORKDIR/probes.json.
 """
@@ -110,8 +112,10 @@ def score_generation(outputs: Mapping[str, Mapping[str, object]], targets: Seque
 def score_joint(outputs: Mapping[str, Mapping[str, object]], targets: Sequence[Mapping],
                 condition: str = "text") -> dict[str, float]:
     """{"joint" | "independent": {modality: outputs}} of the same conditions and noise -> onset and attribute
-    agreement of each generation, and each output's conditional accuracy."""
-    scores = {}
+    agreement of each generation, and each output's conditional accuracy; an "env" entry {"modality@t":
+    encodings [B, ...]} -> what the encodings carry (score_env)."""
+    outputs = dict(outputs)
+    scores = score_env(outputs.pop("env", {}), targets)
     for name, generated in outputs.items():
         decoded = {m: read_back(m, out) for m, out in generated.items()}
         coherence = scoring.joint_coherence(decoded)
@@ -120,6 +124,30 @@ def score_joint(outputs: Mapping[str, Mapping[str, object]], targets: Sequence[M
             scores[f"{name}/onset_agreement"] = coherence["onset_sync"]
         for m, d in decoded.items():
             scores[f"{name}/{m}_accuracy"] = scoring.conditional_accuracy(condition, m, targets, d)["accuracy"]
+    return scores
+
+
+def score_env(encodings: Mapping[str, object], targets: Sequence[Mapping]) -> dict[str, float]:
+    """{"modality@t": encodings [B, ...]} -> "env/modality@t/attribute": the fraction of examples whose nearest
+    class centroid (cosine; the example itself left out of its class) has its value, for each attribute the
+    modality carries. 1 / (number of values) is chance; an attribute V does not carry stays there."""
+    scores = {}
+    for label, x in encodings.items():
+        x = _unit(x)
+        for name in oracle.CARRIED[label.split("@")[0]]:
+            values = np.array([t[name] for t in targets])
+            classes = sorted(set(values.tolist()))
+            onehot = (values[:, None] == np.array(classes)[None, :]).astype(np.float64)
+            sums, counts = x.T @ onehot, onehot.sum(0)
+            # Each example's own class centroid without it; a class of one has no centroid left for it.
+            own = onehot.astype(bool)
+            loo = counts[None, :] - own
+            centroids = (sums.T[None, :, :] - own[:, :, None] * x[:, None, :]) / np.maximum(loo, 1)[:, :, None]
+            similarity = np.einsum("bd,bcd->bc", x, centroids / np.maximum(
+                np.linalg.norm(centroids, axis=-1, keepdims=True), 1e-12))
+            similarity[loo == 0] = -np.inf
+            predicted = np.array(classes)[np.argmax(similarity, axis=1)]
+            scores[f"env/{label}/{name}"] = float(np.mean(predicted == values))
     return scores
 
 

@@ -8,7 +8,8 @@ give z_t^A, z_t^B; the CoDi model runs both UNets jointly with their connectors 
 environment encodings (`model.wiring`: "others" = the paper, A attends to V_B(z_t^B); "own" =
 the released code), and the loss is L_A + L_B (each the eps-MSE of its modality, as CoDi's
 p_losses computes it, times the number of modalities). Optionally (`model.contrastive_weight`)
-the paper's contrastive term aligns V_A(z_t^A) with V_B(z_t^B) over the global batch.
+the paper's contrastive term aligns V_A(z_t^A) with V_B(z_t^B) over the global batch, with time-shifted
+hard negatives for audio_video when `model.shift_negatives` > 0 (ours, not the paper's: see env_contrastive).
 
 The prompt context is the null condition (CLIP of "") unless `model.conditions` names condition
 modalities present in the batch; those are then used with `model.cond_dropout` as in the ldm stage.
@@ -37,6 +38,31 @@ from codi_jax.train.stages.contrastive import INIT_LOGIT_SCALE, info_nce
 from codi_jax.train.stages.ldm import Conditioning, check_conditions, guided_sample
 
 
+# Modalities whose latents have time on axis 1 (video frames, audio mel frames).
+TIMED = ("video", "audio")
+# Timesteps at which the joint probe reads what V carries (clean, and half-way through the schedule).
+ENV_TIMESTEPS = (0, 500)
+MIN_SHIFT = 0.1  # of the clip: shorter shifts round to nothing on short latent time axes
+
+
+def random_shift_fractions(rng, n: int, max_shift: float) -> jax.Array:
+    """[n] signed time shifts as fractions of a clip, |s| uniform in [MIN_SHIFT, max_shift], either sign."""
+    k_size, k_sign = jax.random.split(rng)
+    size = jax.random.uniform(k_size, (n,), minval=MIN_SHIFT, maxval=max(max_shift, MIN_SHIFT))
+    return jnp.where(jax.random.bernoulli(k_sign, 0.5, (n,)), size, -size)
+
+
+def time_shifted(x: jax.Array, fraction: jax.Array) -> jax.Array:
+    """x [B, T, ...] with row i moved later in time by fraction[i] of T positions (earlier when negative), at
+    least one position, the edge position repeated into the gap: a clip that starts or ends the same way but
+    whose events happen at other times (onset before silence or background stays natural)."""
+    length = x.shape[1]
+    steps = jnp.round(fraction * length).astype(jnp.int32)
+    steps = jnp.where(steps == 0, jnp.sign(fraction).astype(jnp.int32), steps)
+    index = jnp.clip(jnp.arange(length)[None, :] - steps[:, None], 0, length - 1)
+    return jax.vmap(lambda row, i: row[i])(x, index)
+
+
 class LatentAlignStage(Stage):
     def __init__(self, config, mesh):
         super().__init__(config, mesh)
@@ -50,6 +76,10 @@ class LatentAlignStage(Stage):
         self.wiring = require_choice(m.wiring, codi.WIRINGS, "wiring")
         self.conditions = check_conditions(m.conditions, "latent_align")
         self.prediction = require_choice(m.get("prediction", "eps"), PREDICTIONS, "prediction")
+        self.shift_negatives = float(m.get("shift_negatives", 0.0))
+        if not 0.0 <= self.shift_negatives <= 0.5:
+            raise ConfigError(f"config.model.shift_negatives must be in [0, 0.5] (a fraction of the clip), got "
+                              f"{self.shift_negatives}")
         modalities = {x for pair in self.pairs.values() for x in pair}
         self.unets = sorted({UNET_OF[x] for x in modalities})
         coders = sorted({LATENT_CODER_OF[x] for x in modalities})
@@ -69,6 +99,10 @@ class LatentAlignStage(Stage):
         self.conditioning = Conditioning(self.prompts, self.conditions, m.cond_dropout) if self.conditions else None
         self.coders = LatentCoders(self.networks, m.audio_frames)
         self.schedule = make_schedule()
+        self.contrastive_max_t = int(m.get("contrastive_max_t", self.schedule.num_timesteps))
+        if not 0 < self.contrastive_max_t <= self.schedule.num_timesteps:
+            raise ConfigError(f"config.model.contrastive_max_t must be in [1, {self.schedule.num_timesteps}], got "
+                              f"{self.contrastive_max_t}")
         self._trainable = trainable_predicate(
             m.trainable or [f"{u}:{g}" for u in self.unets for g in ("env", "joint")])
 
@@ -135,20 +169,36 @@ class LatentAlignStage(Stage):
 
         The whole batch is noised at one timestep: V reads the time embedding, and with a t per example a pair is
         told apart by its t alone, so the term is met while V encodes nothing of the content (measured on the cpu
-        run: encodings of different examples at one t at cosine 0.997-1.0, top-1 0.8-0.9 in training)."""
-        t, noise = draw_t_and_noise(rng, x0, self.schedule.num_timesteps)
+        run: encodings of different examples at one t at cosine 0.997-1.0, top-1 0.8-0.9 in training).
+
+        t is uniform below `model.contrastive_max_t` (default: the whole schedule). Near the end of the schedule
+        z_t is mostly noise and no pair can be matched; there the term only adds noise to V's gradient.
+
+        With `model.shift_negatives` > 0 and a pair of timed modalities (audio_video), each row also has a hard
+        negative: its partner shifted in time (`time_shifted`). In a batch of random examples colour and shape
+        tell most pairs apart, so without it V learns no timing (run4: onset read from V at chance), and joint
+        onset agreement rests on V carrying exactly that."""
+        k_noise, k_shift = jax.random.split(rng)
+        t, noise = draw_t_and_noise(k_noise, x0, self.contrastive_max_t)
         t = jnp.full_like(t, t[0])
         xt = q_sample(self.schedule, x0, t, noise)
-        a, b = (self.networks.apply(params, UNET_OF[x], xt[x], t, method="env_encode") for x in pair)
-        return info_nce(a, b, jnp.asarray(INIT_LOGIT_SCALE), self.mesh)
+        env = lambda x, z: self.networks.apply(params, UNET_OF[x], z, t, method="env_encode")  # noqa: E731
+        a, b = (env(x, xt[x]) for x in pair)
+        hard = {}
+        if self.shift_negatives > 0 and all(x in TIMED for x in pair):
+            fraction = random_shift_fractions(k_shift, a.shape[0], self.shift_negatives)
+            hard = {f"hard_{side}": env(x, time_shifted(xt[x], fraction))
+                    for side, x in zip(("a", "b"), pair)}
+        return info_nce(a, b, jnp.asarray(INIT_LOGIT_SCALE), self.mesh, **hard)
 
     # -- probe: joint against independent generation ------------------------------------------------------
 
     def probe_outputs(self, params, batch, rng):
-        """{"joint" | "independent": {output: decoded}} of the probe's outputs from its condition, one noise."""
+        """{"joint" | "independent": {output: decoded}} of the probe's outputs from its condition, one noise; and
+        "env": {"output@t": V(z_t)} of the probe examples' own clips at `probe.env_timesteps`."""
         spec = self.config.probe
         condition, outputs = spec.get("condition", "text"), tuple(spec.get("outputs", ("video", "audio")))
-        k_cond, k_noise = jax.random.split(rng)
+        k_cond, k_noise, k_env = jax.random.split(rng, 3)
         cond = self.prompts.encode(params, condition, batch, k_cond)
         uncond = self.prompts.unconditional(params, condition, k_cond)
         noise = {}
@@ -166,8 +216,23 @@ class LatentAlignStage(Stage):
         independent = {}
         for m in outputs:
             independent.update(sample({m: noise[m]}))
-        return {name: {m: self.coders.decode(params, m, z) for m, z in latents.items()}
-                for name, latents in (("joint", joint), ("independent", independent))}
+        out = {name: {m: self.coders.decode(params, m, z) for m, z in latents.items()}
+               for name, latents in (("joint", joint), ("independent", independent))}
+        out["env"] = self._env_readout(params, batch, outputs, tuple(spec.get("env_timesteps", ENV_TIMESTEPS)), k_env)
+        return out
+
+    def _env_readout(self, params, batch, modalities, timesteps, rng):
+        """{"modality@t": V(z_t) [B, D]} of the batch's own clips noised at each t (one noise per modality)."""
+        readout = {}
+        for i, m in enumerate(modalities):
+            k_lat, k_noise = jax.random.split(jax.random.fold_in(rng, i))
+            x0 = self.coders.encode(params, m, batch, k_lat)
+            noise = jax.random.normal(k_noise, x0.shape)
+            for t in timesteps:
+                tt = jnp.full((x0.shape[0],), t, jnp.int32)
+                zt = q_sample(self.schedule, x0, tt, noise)
+                readout[f"{m}@{t}"] = self.networks.apply(params, UNET_OF[m], zt, tt, method="env_encode")[:, 0]
+        return readout
 
     def probe(self):
         spec = self.probe_spec("joint")
