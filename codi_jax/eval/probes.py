@@ -138,14 +138,13 @@ def score_env(encodings: Mapping[str, object], targets: Sequence[Mapping]) -> di
             values = np.array([t[name] for t in targets])
             classes = sorted(set(values.tolist()))
             onehot = (values[:, None] == np.array(classes)[None, :]).astype(np.float64)
-            sums, counts = x.T @ onehot, onehot.sum(0)
-            # Each example's own class centroid without it; a class of one has no centroid left for it.
+            # Each example's own class centroid without it (a sum: only its direction counts for the cosine); a
+            # class of one has no centroid left for it.
             own = onehot.astype(bool)
-            loo = counts[None, :] - own
-            centroids = (sums.T[None, :, :] - own[:, :, None] * x[:, None, :]) / np.maximum(loo, 1)[:, :, None]
+            centroids = (x.T @ onehot).T[None, :, :] - own[:, :, None] * x[:, None, :]
             similarity = np.einsum("bd,bcd->bc", x, centroids / np.maximum(
                 np.linalg.norm(centroids, axis=-1, keepdims=True), 1e-12))
-            similarity[loo == 0] = -np.inf
+            similarity[(onehot.sum(0)[None, :] - own) == 0] = -np.inf
             predicted = np.array(classes)[np.argmax(similarity, axis=1)]
             scores[f"env/{label}/{name}"] = float(np.mean(predicted == values))
     return scores
