@@ -46,9 +46,10 @@ MIN_SHIFT = 0.1  # of the clip: shorter shifts round to nothing on short latent 
 
 
 def random_shift_fractions(rng, n: int, max_shift: float) -> jax.Array:
-    """[n] signed time shifts as fractions of a clip, |s| uniform in [MIN_SHIFT, max_shift], either sign."""
+    """[n] signed time shifts as fractions of a clip, |s| uniform in [min(MIN_SHIFT, max_shift), max_shift] (never
+    beyond the configured maximum), either sign."""
     k_size, k_sign = jax.random.split(rng)
-    size = jax.random.uniform(k_size, (n,), minval=MIN_SHIFT, maxval=max(max_shift, MIN_SHIFT))
+    size = jax.random.uniform(k_size, (n,), minval=min(MIN_SHIFT, max_shift), maxval=max_shift)
     return jnp.where(jax.random.bernoulli(k_sign, 0.5, (n,)), size, -size)
 
 
@@ -187,8 +188,8 @@ class LatentAlignStage(Stage):
         hard = {}
         if self.shift_negatives > 0 and all(x in TIMED for x in pair):
             fraction = random_shift_fractions(k_shift, a.shape[0], self.shift_negatives)
-            hard = {f"hard_{side}": env(x, time_shifted(xt[x], fraction))
-                    for side, x in zip(("a", "b"), pair)}
+            hard = dict(hard_a=env(pair[0], time_shifted(xt[pair[0]], fraction)),
+                        hard_b=env(pair[1], time_shifted(xt[pair[1]], fraction)))
         return info_nce(a, b, jnp.asarray(INIT_LOGIT_SCALE), self.mesh, **hard)
 
     # -- probe: joint against independent generation ------------------------------------------------------
