@@ -6,7 +6,7 @@
 For each output set, after a warm-up call (compilation excluded):
   denoiser  one compiled call of the guided denoiser (the CoDi forward on [uncond, cond], batch 2B, plus
             the guidance combination): the unit of work of every sampling step;
-  sample    the compiled `pipeline._sample` (the whole DDIM loop under one jit) with S steps;
+  sample    the compiled `sampling.compiled.sample` (the whole DDIM loop under one jit) with S steps;
   overhead  sample / (S x denoiser) - 1: what the loop adds to the model calls (per-step scalars, the
             update rule, carrying the latents);
   joint x   the joint denoiser's time over the sum of the single-output denoisers' (what the environment
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from codi_jax import pipeline
+from codi_jax import sampling
 from codi_jax.diffusion.guidance import cfg_denoiser
 from codi_jax.sample import load_config
 
@@ -40,7 +40,7 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench(pipe: pipeline.CoDiPipeline, outputs, steps_list, batch: int, repeats: int) -> tuple[float, list]:
+def bench(pipe: sampling.CoDiPipeline, outputs, steps_list, batch: int, repeats: int) -> tuple[float, list]:
     key = jax.random.key(0)
     x = {m: jax.random.normal(jax.random.fold_in(key, i), (batch,) + pipe.latent_shapes[m])
          for i, m in enumerate(outputs)}
@@ -60,7 +60,7 @@ def bench(pipe: pipeline.CoDiPipeline, outputs, steps_list, batch: int, repeats:
     one_call = _best(lambda: jax.block_until_ready(denoise(pipe.codi_variables, x, t, cond, uncond)), repeats)
     rows = []
     for steps in steps_list:
-        run = lambda: jax.block_until_ready(pipeline._sample(  # noqa: E731
+        run = lambda: jax.block_until_ready(sampling.compiled.sample(  # noqa: E731
             pipe.codi_variables, x, cond, uncond, scales, model=model, wiring=wiring, aliased_skip=aliased,
             method="ddim", steps=steps))
         sampled = _best(run, repeats)
@@ -79,7 +79,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     steps_list = [int(s) for s in args.steps.split(",")]
     output_sets = [tuple(o.split(",")) for o in args.outputs.split(";")]
-    pipe = pipeline.CoDiPipeline.from_config(load_config(args.config), random_init=True)
+    pipe = sampling.CoDiPipeline.from_config(load_config(args.config), random_init=True)
     print(f"config {args.config}, devices {jax.devices()}, batch {args.batch}, wiring {pipe.wiring}, "
           f"best of {args.repeats} after a warm-up")
     print(f"{'outputs':<20} {'denoiser ms':>11} {'joint x':>8} {'steps':>6} {'sample ms':>10} "

@@ -115,26 +115,25 @@ def sample_programs(config, devices, mesh_config: dict):
     import jax
     import jax.numpy as jnp
 
-    from codi_jax import pipeline
-    from codi_jax.models import catalogue
+    from codi_jax import sampling
+    from codi_jax.models import catalogue, networks
     from codi_jax.parallel import mesh as mesh_lib
     from codi_jax.parallel.partitioning import tree_shardings, unbox_values
     from codi_jax.train import loop
-    from codi_jax.train.stages import components
 
     outputs = tuple(_OUTPUTS.value)
     bad = [m for m in outputs if m not in catalogue.MODALITIES]
     if bad or not outputs:
         raise UsageError(f"--outputs {','.join(outputs)}: expected a subset of {','.join(catalogue.MODALITIES)}")
-    nets = pipeline.build_networks(config)
+    nets = sampling.build_networks(config)
     mesh = mesh_lib.make_mesh(mesh_config, devices)
     with nn.logical_axis_rules(()):  # only the logical names are read, as in sharded_init
         boxed = {name: jax.eval_shape(functools.partial(
-            components.init_variables, name, nets.modules[name]), jax.random.key(0))["params"]
+            networks.init_variables, name, nets.modules[name]), jax.random.key(0))["params"]
             for name in catalogue.UNETS}
     weights = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                       unbox_values(boxed), tree_shardings(boxed, mesh))}
-    latents = pipeline.latent_shapes(config)
+    latents = sampling.latent_shapes(config)
     width = nets.clip.projection_dim
     prediction = "eps" if config.prediction == "auto" else config.prediction
     static = dict(model=nets.codi, wiring="own" if config.wiring == "auto" else config.wiring,
@@ -148,7 +147,7 @@ def sample_programs(config, devices, mesh_config: dict):
         cond = _sharded(mesh, {"cond": ((batch, 1, width), f32), "uncond": ((batch, 1, width), f32)})
         scales = _sharded(mesh, {m: ((batch,) + (1,) * len(latents[m]), f32) for m in outputs})
         with loop.sharding_context(mesh):
-            return pipeline._sample.lower(weights, x_T, cond["cond"], cond["uncond"], scales, **static).compile()
+            return sampling.compiled.sample.lower(weights, x_T, cond["cond"], cond["uncond"], scales, **static).compile()
 
     name = f"sample {'+'.join(outputs)}, {static['method']} {static['steps']} steps, guided"
     return mesh, mesh_lib.batch_divisor(mesh), {name: compile_at}

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -34,6 +33,8 @@ import time
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from codi_jax.eval import metrics_report
 
 EXIT_BAD_INPUT = 2
 AUDIO_RATE = 16000
@@ -413,14 +414,14 @@ class CellScores:
 
 
 def request_for(cell: Cell, example: dict, index: int, generation):
-    from codi_jax import pipeline
+    from codi_jax import sampling
 
     fields = {m: example[m] for m in cell.inputs if m != "text"}
     if "text" in cell.inputs:
         if not example["text"]:
             raise UsageError(f"example {example['id']!r} has no caption for a text-conditioned cell")
         fields["text"] = example["text"]
-    return pipeline.Request(outputs=cell.outputs, sampler=generation.sampler, steps=int(generation.steps),
+    return sampling.Request(outputs=cell.outputs, sampler=generation.sampler, steps=int(generation.steps),
                             guidance=float(generation.guidance), seed=int(generation.seed) + index,
                             independent=cell.independent, **fields)
 
@@ -438,37 +439,6 @@ def evaluate_cell(cell: Cell, pipe, examples: Examples, nets: MetricNetworks, re
     return {"cell": cell.title, "inputs": list(cell.inputs), "outputs": list(cell.outputs),
             "independent": cell.independent, "n": scores_.count, "seconds": time.perf_counter() - started,
             "metrics": scores_.result(real)}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reports
-
-
-def render_markdown(report: Mapping) -> str:
-    names = []
-    for cell in report["cells"]:
-        names += [m for m in cell["metrics"] if m not in names]
-    lines = [f"# {report['task']}", "", (f"checkpoint: `{report['checkpoint']}`, {report['n']} examples of "
-                                         f"{report['data']}; generation {report['generation']}"), "",
-             "| cell | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for cell in report["cells"]:
-        values = [f"{cell['metrics'][m]:.4f}" if m in cell["metrics"] else "–" for m in names]
-        lines.append(f"| {cell['cell']} | {cell['n']} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(report: Mapping, out: pathlib.Path, step: int) -> None:
-    from clu import metric_writers
-
-    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "results.md").write_text(render_markdown(report))
-    writer = metric_writers.create_default_writer(str(out), just_logging=False)
-    # TensorBoard tags: "text -> image (independent)" becomes "text_to_image_independent".
-    tag = lambda text: re.sub(r"[^A-Za-z0-9_.+-]+", "_", text.replace(" -> ", "_to_")).strip("_")  # noqa: E731
-    writer.write_scalars(step, {f"{report['task']}/{tag(c['cell'])}/{m}": v for c in report["cells"]
-                                for m, v in c["metrics"].items()})
-    writer.flush()
-    writer.close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -558,7 +528,7 @@ def load_config(spec: str, overrides: Sequence[str]):
 
 
 def run(config, checkpoint: str | None, random_init: bool, out: pathlib.Path, progress: bool) -> dict:
-    from codi_jax import pipeline, sample
+    from codi_jax import sample, sampling
     from codi_jax.parallel.mesh import make_mesh
 
     check_config(config)
@@ -568,9 +538,9 @@ def run(config, checkpoint: str | None, random_init: bool, out: pathlib.Path, pr
                          "are too few (lower is_splits or raise data.num_examples)")
     sample_config = sample.load_config(config.sample_config)
     if checkpoint:
-        pipe = pipeline.CoDiPipeline.from_checkpoint(checkpoint, sample_config)
+        pipe = sampling.CoDiPipeline.from_checkpoint(checkpoint, sample_config)
     else:
-        pipe = pipeline.CoDiPipeline.from_config(sample_config, random_init=random_init)
+        pipe = sampling.CoDiPipeline.from_config(sample_config, random_init=random_init)
     nets = MetricNetworks(config, make_mesh(dict(config.mesh)), pipe)
     chunk = int(config.generation.chunk)
     real = {}
@@ -581,13 +551,13 @@ def run(config, checkpoint: str | None, random_init: bool, out: pathlib.Path, pr
     report = {"task": config.task, "checkpoint": checkpoint or ("random" if random_init else "config"),
               "n": len(examples), "data": f"{config.data.dataset}:{config.data.path or ''}:{config.data.split}",
               "generation": dict(config.generation), "seconds": time.perf_counter() - started, "cells": cells}
-    step = pipeline.resolve_checkpoint(checkpoint)[1] if checkpoint else None
-    write_reports(report, out, step or 0)
+    step = sampling.resolve_checkpoint(checkpoint)[1] if checkpoint else None
+    metrics_report.write_reports(report, out, step or 0)
     return report
 
 
 def main(argv=None) -> int:
-    from codi_jax import media, pipeline
+    from codi_jax import media, sampling
     from codi_jax.data.records import CorruptRecordError
     from codi_jax.eval.metrics.captioning import MissingResourceError
     from codi_jax.eval.metrics.frechet import StatisticsError
@@ -603,11 +573,11 @@ def main(argv=None) -> int:
         out = pathlib.Path(args.out or f"eval/{config.task}")
         out.mkdir(parents=True, exist_ok=True)
         report = run(config, args.checkpoint, args.random_init, out, not args.no_progress)
-    except (UsageError, pipeline.RequestError, pipeline.ConfigError, media.MediaError, WeightsError,
+    except (UsageError, sampling.RequestError, sampling.ConfigError, media.MediaError, WeightsError,
             CorruptRecordError, MissingResourceError, StatisticsError) as err:
         print(f"codi_jax.evaluate: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(render_markdown(report), end="")
+    print(metrics_report.render_markdown(report), end="")
     return 0
 
 

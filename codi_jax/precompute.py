@@ -28,12 +28,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from codi_jax import checkpoints
 from codi_jax.data import encodings, pipeline, tokenizers
 from codi_jax.models.catalogue import LATENT_CODER_OF, NETWORKS, PROMPT_ENCODER_OF
 from codi_jax.parallel import mesh as mesh_lib
-from codi_jax.train import freeze, handoff
+from codi_jax.train import freeze
 from codi_jax.train.errors import ConfigError
-from codi_jax.train.stages.components import LatentCoders, Networks, PromptEncoders, media_shapes
+from codi_jax.models.networks import Networks
+from codi_jax.train.stages.components import LatentCoders, PromptEncoders, media_shapes
 
 
 def _networks(config) -> tuple[Networks, tuple[str, ...]]:
@@ -52,7 +54,7 @@ def load_params(config, networks: Networks, names, rng) -> tuple[dict, dict[str,
             params[name], sources[name] = nn.meta.unbox(random[name]), "random"
             continue
         if workdir not in restored:  # several networks come from one workdir: read it once
-            restored[workdir] = handoff.restore_params(workdir, config.init_from_ema)
+            restored[workdir] = checkpoints.restore_params(workdir, config.init_from_ema)
         step, flat = restored[workdir]
         head = name + freeze.SEP
         branch = {k[len(head):]: v for k, v in flat.items() if k.startswith(head)}

@@ -15,15 +15,14 @@ inputs, a missing checkpoint, an --out folder already holding a generation, ...)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
 
-from codi_jax import media, pipeline
+from codi_jax import config_files, media, sampling
+from codi_jax.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class UsageError(ValueError):
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--weights", help="mixing weights per input, e.g. text=0.5,image=0.5 (default: equal)")
     gen = p.add_argument_group("generation")
     gen.add_argument("--outputs", help="comma-separated outputs among text,image,video,audio")
-    gen.add_argument("--sampler", choices=pipeline.SAMPLERS)
+    gen.add_argument("--sampler", choices=sampling.SAMPLERS)
     gen.add_argument("--steps", help="denoising steps")
     gen.add_argument("--guidance", help="classifier-free guidance scale, or per output: image=7.5,audio=4")
     gen.add_argument("--seed", help="random seed (initial noise, text sampling, audio crop)")
@@ -71,19 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(spec: str):
     """`FILE[:variant]` -> the ConfigDict of FILE's get_config(variant); FILE relative to the cwd or the repo."""
-    path_text, _, variant = spec.partition(":")
-    path = pathlib.Path(path_text)
-    if not path.is_file() and (REPO_ROOT / path).is_file():
-        path = REPO_ROOT / path
-    if not path.is_file():
-        raise UsageError(f"--config: no such file {path_text}")
-    module_spec = importlib.util.spec_from_file_location(f"_codi_sample_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UsageError(f"--config: {path} has no get_config()")
     try:
-        return module.get_config(variant) if variant else module.get_config()
+        return config_files.load(spec)
+    except ConfigError as err:
+        raise UsageError(f"--config: {err}") from None
     except ValueError as err:
         raise UsageError(f"--config {spec}: {err}") from None
 
@@ -112,10 +102,10 @@ def config_for_checkpoint(path: str):
     released files: configs/sample.py:full. A training workdir: the configs/sample.py size (tiny, cpu, full)
     whose networks are the ones its run trained, every component the workdir does not hold taken from the
     workdirs its run started from (its config.init_from), else from that size's own source."""
-    from codi_jax.train.handoff import saved_config
+    from codi_jax.checkpoints import saved_config
 
-    workdir, _ = pipeline.resolve_checkpoint(path)
-    if (pathlib.Path(workdir) / pipeline.RELEASED_MARKER).is_file():
+    workdir, _ = sampling.resolve_checkpoint(path)
+    if (pathlib.Path(workdir) / sampling.RELEASED_MARKER).is_file():
         return load_config("configs/sample.py:full")
     saved = saved_config(workdir)
     trained = saved.get("model", {})
@@ -129,7 +119,7 @@ def config_for_checkpoint(path: str):
         raise UsageError(f"--checkpoint {path}: its networks ({saved.get('stage', 'unknown stage')}) are none of "
                          "configs/sample.py's sizes (tiny, cpu, full); give --config")
     for source in (p for p in saved.get("init_from", {}).values() if isinstance(p, str) and p):
-        for name in pipeline.held_components(source):
+        for name in sampling.held_components(source):
             config.components[name] = f"workdir:{source}"
     return config
 
@@ -142,21 +132,21 @@ def _flag_fields(args) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def requests_from_args(args, defaults) -> list[pipeline.Request]:
+def requests_from_args(args, defaults) -> list[sampling.Request]:
     """The requests the command line asks for, validated (RequestError names the bad field)."""
     flags = _flag_fields(args)
     if not args.batch:
-        return [pipeline.Request.from_dict(flags, defaults)]
+        return [sampling.Request.from_dict(flags, defaults)]
     per_request = sorted(set(flags) & {"text", "image", "video", "audio", "weights"})
     if per_request:
-        raise pipeline.RequestError(f"--{per_request[0]} cannot be combined with --batch; put inputs in the "
+        raise sampling.RequestError(f"--{per_request[0]} cannot be combined with --batch; put inputs in the "
                                     "JSONL lines")
     requests = []
-    for record in pipeline.read_batch_file(args.batch):
+    for record in sampling.read_batch_file(args.batch):
         try:
-            requests.append(pipeline.Request.from_dict({**flags, **record}, defaults))
-        except pipeline.RequestError as err:
-            raise pipeline.RequestError(f"batch request {record['id']!r}: {err}") from None
+            requests.append(sampling.Request.from_dict({**flags, **record}, defaults))
+        except sampling.RequestError as err:
+            raise sampling.RequestError(f"batch request {record['id']!r}: {err}") from None
     return requests
 
 
@@ -186,7 +176,7 @@ def _setup(args):
     out = pathlib.Path(args.out)
     for folder in [out / r.id for r in requests] if args.batch else [out]:
         _refuse_earlier_generation(folder)
-    loaded = [pipeline.load_inputs(r) for r in requests]
+    loaded = [sampling.load_inputs(r) for r in requests]
     try:
         pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -198,12 +188,12 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config, requests, loaded = _setup(args)
-        pipeline.enable_compilation_cache(
+        sampling.enable_compilation_cache(
             config.compilation_cache_dir if args.compilation_cache is None else args.compilation_cache)
         if args.checkpoint:
-            pipe = pipeline.CoDiPipeline.from_checkpoint(args.checkpoint, config)
+            pipe = sampling.CoDiPipeline.from_checkpoint(args.checkpoint, config)
         else:
-            pipe = pipeline.CoDiPipeline.from_config(config, random_init=args.random_init)
+            pipe = sampling.CoDiPipeline.from_config(config, random_init=args.random_init)
         out = pathlib.Path(args.out)
 
         def save(index, outputs):
@@ -211,10 +201,21 @@ def main(argv=None) -> int:
             pipe.save(out / requests[index].id if args.batch else out, outputs, requests[index])
 
         pipe.generate_batch(loaded, progress=not args.no_progress, on_result=save)
-    except (UsageError, pipeline.RequestError, media.MediaError, pipeline.ConfigError) as err:
+    except (UsageError, sampling.RequestError, media.MediaError, sampling.ConfigError) as err:
         print(f"codi_jax.sample: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def run_batch(config_spec: str, requests_path, out_dir, *, progress: bool = False) -> None:
+    """`python -m codi_jax.sample --config SPEC --batch REQUESTS --out OUT`, in this process (for the evaluations,
+    which generate through the CLI's own checks and files)."""
+    args = ["--config", config_spec, "--batch", str(requests_path), "--out", str(out_dir)]
+    if not progress:
+        args.append("--no-progress")
+    status = main(args)
+    if status != 0:
+        raise RuntimeError(f"python -m codi_jax.sample {' '.join(args)} exited with status {status}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Any-to-any sampling: network sizes, latent shapes, output durations, and where every component's weights
-come from. Read by `python -m codi_jax.sample` and `codi_jax.pipeline.CoDiPipeline.from_config`.
+come from. Read by `python -m codi_jax.sample` and `codi_jax.sampling.CoDiPipeline.from_config`.
 
 Smoke run (random weights, tiny networks; about a minute of compiling on a CPU, then image.png, audio.wav
 and request.json in /tmp/codi_tiny):
@@ -22,7 +22,7 @@ Variants:
 kwargs}: the training configs' presets (codi_jax.train.defaults.model_components, whose tiny widths fit
 together), so the networks match the checkpoints the stages write. `components.<component>` says where
 the weights come from:
-  "random"                  drawn on the host from `init_seed` (codi_jax.pipeline.random_variables);
+  "random"                  drawn on the host from `init_seed` (codi_jax.sampling.random_variables);
   "workdir:<DIR>[#<path>]"  the latest checkpoint of a training workdir (DIR, or DIR/checkpoints/<step>
                             for that latest step): the variables under <path> (default: the component's
                             name in the training stages) of the run's parameter tree, EMA where kept;

@@ -91,10 +91,11 @@ def local_copy(path: str, name: str) -> pathlib.Path:
     return local
 """),
     ("code", """
-from codi_jax import pipeline
+from codi_jax import sampling
 from codi_jax.eval import shapes_tones_eval as ste
+from codi_jax.eval import shapes_tones_report
 from codi_jax.experiments import shapes_tones
-from codi_jax.sample import load_config
+from codi_jax.sample import load_config, run_batch
 
 how = dict(sampler="ddim", steps=STEPS, seed=0)
 resolution = 64
@@ -106,7 +107,7 @@ if SOURCE == "released":
         sh(sys.executable, "-m", "codi_jax.convert.released", "--checkpoints", "checkpoints", "--out", "converted",
            "--stages", "latent_align", "--config", SAMPLE_CONFIG)
     config = load_config(SAMPLE_CONFIG)
-    pipe = pipeline.CoDiPipeline.from_checkpoint(checkpoint, config)
+    pipe = sampling.CoDiPipeline.from_checkpoint(checkpoint, config)
 elif SOURCE == "shapes_tones":
     run_dir = local_copy(RUN_DIR, "run")
     variant = shapes_tones.VARIANTS[VARIANT]
@@ -115,12 +116,12 @@ elif SOURCE == "shapes_tones":
     specs = shapes_tones.sample_configs(run_dir, variant, wiring_ablation=True)
     how, resolution = dict(sampler=settings.sampler, steps=settings.steps, seed=0), settings.resolution
     config = load_config(specs[ste.MAIN])
-    pipe = pipeline.CoDiPipeline.from_config(config)
+    pipe = sampling.CoDiPipeline.from_config(config)
 else:
     SAMPLE_CONFIG = "configs/sample.py:tiny"
     config = load_config(SAMPLE_CONFIG)
-    pipe = pipeline.CoDiPipeline.from_config(config, random_init=True)
-pipeline.enable_compilation_cache(config.compilation_cache_dir)
+    pipe = sampling.CoDiPipeline.from_config(config, random_init=True)
+sampling.enable_compilation_cache(config.compilation_cache_dir)
 print("wiring:", pipe.wiring)
 for component, source in pipe.sources.items():
     print(f"{component:11s} {source}")
@@ -137,9 +138,9 @@ from codi_jax.eval import oracle
 
 examples = [st.generate("test", i, resolution) for i in range(3)]
 requests = [
-    pipeline.Request(outputs=("image",), text=examples[0]["text"], **how),
-    pipeline.Request(outputs=("video", "audio"), text=examples[1]["text"], **how),
-    pipeline.Request(outputs=("text",), image=examples[2]["image"], audio=examples[2]["audio"], **how),
+    sampling.Request(outputs=("image",), text=examples[0]["text"], **how),
+    sampling.Request(outputs=("video", "audio"), text=examples[1]["text"], **how),
+    sampling.Request(outputs=("text",), image=examples[2]["image"], audio=examples[2]["audio"], **how),
 ]
 results = pipe.generate_batch(requests)
 for example, request, result in zip(examples, requests, results):
@@ -198,8 +199,8 @@ from codi_jax import evaluate
 eval_dir = pathlib.Path("eval").resolve()
 if SOURCE == "shapes_tones":
     settings.num_examples, settings.progress = N, True
-    outcome = ste.evaluate(specs, eval_dir / "shapes_tones", settings)
-    display(Markdown(ste.render_markdown(outcome["results"], {"title": f"Shapes & Tones, {N} examples per cell"})))
+    outcome = ste.evaluate(specs, eval_dir / "shapes_tones", settings, run_batch)
+    display(Markdown(shapes_tones_report.render_markdown(outcome["results"], {"title": f"Shapes & Tones, {N} examples per cell"})))
     display(ShowImage(filename=str(outcome["grid"])))
 else:
     weights = ["--checkpoint", str(checkpoint)] if SOURCE == "released" else ["--random-init"]

@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from codi_jax import pipeline
+from codi_jax import sampling
+from codi_jax.sampling import pipeline as sampling_pipeline, weights
 from codi_jax.convert import registry, released
 from codi_jax.data import pipeline as data_pipeline
 from codi_jax.eval import shapes_tones_eval
@@ -17,9 +18,9 @@ STAGES = ("autoencoders", "bridging_align", "image_ldm", "video_ldm", "audio_ldm
 
 
 def test_every_module_reads_the_one_list_of_modalities_and_networks():
-    for module in (pipeline, data_pipeline, shapes_tones_eval, codi, components):
+    for module in (sampling, sampling_pipeline, data_pipeline, shapes_tones_eval, codi, components):
         assert module.MODALITIES is catalogue.MODALITIES, module.__name__
-    assert pipeline.COMPONENTS is components.COMPONENTS is catalogue.NAMES
+    assert sampling.COMPONENTS is sampling_pipeline.COMPONENTS is weights.COMPONENTS is catalogue.NAMES
     for table in (catalogue.UNET_OF, catalogue.LATENT_CODER_OF, catalogue.PROMPT_ENCODER_OF):
         assert tuple(table) == catalogue.MODALITIES and set(table.values()) <= set(catalogue.NAMES)
     assert set(catalogue.UNETS) == set(catalogue.UNET_OF.values())

@@ -24,9 +24,9 @@ import jax
 import numpy as np
 import pytest
 
-from codi_jax import pipeline, sample
+from codi_jax import sample, sampling
 from codi_jax.convert import released
-from codi_jax.train.handoff import restore_params
+from codi_jax.checkpoints import restore_params
 from codi_jax.train.stages.components import param_group
 import released_world
 
@@ -118,12 +118,12 @@ def test_readme_convert_writes_every_stage_and_its_coverage_report(converted, wo
     for stage, names in released.STAGES.items():
         step, flat = restore_params(str(folder / stage), True)
         assert step == 0 and {p.split("/", 1)[0] for p in flat} == set(names)
-        assert json.loads((folder / stage / pipeline.RELEASED_MARKER).read_text())["networks"] == list(names)
+        assert json.loads((folder / stage / sampling.RELEASED_MARKER).read_text())["networks"] == list(names)
 
 
 def test_stages_hold_the_networks_of_their_training_configs():
     from codi_jax.train.defaults import load_config_file
-    from codi_jax.train.stages.components import COMPONENTS
+    from codi_jax.models.catalogue import NAMES as COMPONENTS
 
     for stage, names in released.STAGES.items():
         model = load_config_file(f"{REPO / 'configs' / stage}.py:full").model
@@ -186,7 +186,7 @@ def test_a_mesh_lays_the_arrays_out_as_training_does(converted, world, tmp_path)
     mesh = released._parse_mesh("data=1,fsdp=-1,tensor=1")
     targets = released.target_variables(config)
     sharded = 0
-    for name in pipeline.COMPONENTS:
+    for name in sampling.COMPONENTS:
         want = jax.tree_util.tree_flatten_with_path(tree_shardings(targets[name], mesh))[0]
         got = dict(jax.tree_util.tree_flatten_with_path(meta[name])[0])
         for path, sharding in want:

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codi_jax import pipeline
+from codi_jax import sampling
 from codi_jax.data import media
 from codi_jax.data import shapes_tones as st
 from codi_jax.eval import oracle, scoring
 from codi_jax.eval import shapes_tones_eval as ste
+from codi_jax.eval import shapes_tones_report
 from codi_jax.experiments import sample_json
 
 NUM = 6
@@ -69,10 +70,10 @@ def test_requests_are_valid_sampling_requests(exported):
     ids = [r["id"] for recs in records.values() for r in recs]
     assert len(set(ids)) == len(ids)
     for record in records[ste.MAIN] + records[ste.OWN]:
-        request = pipeline.Request.from_dict(record)
+        request = sampling.Request.from_dict(record)
         for modality in request.input_modalities:
             if modality != "text":
-                assert pipeline.load_inputs(request).__getattribute__(modality) is not None
+                assert sampling.load_inputs(request).__getattribute__(modality) is not None
     by_id = {r["id"]: r for r in records[ste.MAIN]}
     joint = by_id["text-to-video_audio-0003"]
     twin = next(c for c in cells if c.independent and c.outputs == ("video", "audio"))
@@ -85,7 +86,7 @@ def test_requests_are_valid_sampling_requests(exported):
     assert multi["text"] == (folder / "1" / "text.txt").read_text().strip()
     assert multi["audio"].endswith("1/audio.wav") and multi["outputs"] == ["video"]
     path = ste.write_requests(folder.parent / "requests.jsonl", records[ste.MAIN])
-    assert [r["id"] for r in pipeline.read_batch_file(path)] == [r["id"] for r in records[ste.MAIN]]
+    assert [r["id"] for r in sampling.read_batch_file(path)] == [r["id"] for r in records[ste.MAIN]]
 
 
 def _write_outputs(folder, example, outputs):
@@ -192,7 +193,7 @@ def test_report_has_every_section(generated):
     info = {"title": "T", "run": {"command": "`python -m x`", "seed": "0"},
             "stages": [{"name": "autoencoders", "config": "configs/autoencoders.py:cpu", "steps": 10,
                         "wall_time": "5 s"}]}
-    text = ste.render_markdown(results, info, "grid.png")
+    text = shapes_tones_report.render_markdown(results, info, "grid.png")
     for heading in ("## Run", "## Single input -> single output", "## Multi-condition", "## Joint generation",
                     "## Context-wiring ablation", "## Unseen combinations", "## Samples"):
         assert heading in text

@@ -87,7 +87,7 @@ def test_finished_step_ignores_unfinished_saves(tmp_path):
 def test_sampling_config_is_the_trained_networks(tmp_path):
     """Networks, latents and durations of the sampling config follow the stage configs, so the pipeline
     loads the stages' checkpoints and generates at the sizes the LDMs trained on."""
-    from codi_jax import pipeline
+    from codi_jax import sampling
     from codi_jax.sample import load_config
 
     for variant in ("smoke", "cpu"):
@@ -101,7 +101,7 @@ def test_sampling_config_is_the_trained_networks(tmp_path):
         assert main.components.clap == own.components.clap == f"workdir:{tmp_path / variant / 'bridging_align'}"
         image_ldm = experiment.load_stage_config("image_ldm", v.train)
         assert main.models.unet_image.to_dict() == image_ldm.model.unet_image.to_dict()
-        nets = pipeline.build_networks(main)
+        nets = sampling.build_networks(main)
         factor = 2 ** (len(nets.image_vae.ch_mult) - 1)
         assert main.latents.image[0] * factor == image_ldm.data.preprocess.image.size
         assert main.latents.text == (nets.optimus.decoder.latent_size,)

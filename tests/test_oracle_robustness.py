@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from codi_jax.data import media, mel, preprocess
 from codi_jax.data import shapes_tones as st
-from codi_jax.eval import griffin_lim, oracle
+from codi_jax.data import griffin_lim
+from codi_jax.eval import oracle
 
 NUM_VISUAL = 120
 

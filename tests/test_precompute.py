@@ -8,9 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from codi_jax import precompute
+from codi_jax import checkpoints, precompute
 from codi_jax.data import encodings, pipeline
-from codi_jax.train import freeze, handoff, loop
+from codi_jax.train import freeze, loop
 from codi_jax.train.defaults import load_config_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_cache_layout_and_contents(cache, on_the_fly):
     data = ml_collections.ConfigDict(trainer.config.data.to_dict())
     data.shuffle = False
     batch = next(pipeline.make_dataset(data, global_batch_size=8))
-    params = freeze.unflatten(handoff.restore_params(str(workdir), False)[1])
+    params = freeze.unflatten(checkpoints.restore_params(str(workdir), False)[1])
     posterior = trainer.stage.coders.posterior(params, "image", batch)
     np.testing.assert_allclose(example["latent/image"], np.asarray(posterior[0])[5], rtol=1e-4, atol=1e-5)
     rms = metadata["latent_rms"]["image"]

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from codi_jax import media, pipeline, sample
+from codi_jax import media, sample, sampling
 from codi_jax.data import shapes_tones as st
 from codi_jax.train.defaults import load_config_file
 
@@ -94,9 +94,9 @@ def _write_workdir(workdir, trees, saved_config, steps=(1,)):
 
 def _random_trees(config, components):
     """Random variables of `components` at `config`'s sizes."""
-    abstract = pipeline.abstract_variables(pipeline.build_networks(config))
+    abstract = sampling.abstract_variables(sampling.build_networks(config))
     rng = np.random.default_rng(0)
-    return {c: pipeline.random_variables(abstract[c], rng) for c in components}
+    return {c: sampling.random_variables(abstract[c], rng) for c in components}
 
 
 def _fake_training_run(workdir, config, steps):
@@ -108,7 +108,7 @@ def _fake_training_run(workdir, config, steps):
 def test_checkpoint_workdir_supplies_the_components_it_holds(inputs, tmp_path, capsys):
     config = sample.load_config("configs/sample.py:tiny")
     trees = _fake_training_run(tmp_path / "run", config, steps=(1, 2))
-    pipe = pipeline.CoDiPipeline.from_checkpoint(tmp_path / "run" / "checkpoints" / "2", config)
+    pipe = sampling.CoDiPipeline.from_checkpoint(tmp_path / "run" / "checkpoints" / "2", config)
     assert pipe.sources["image_vae"] == pipe.sources["unet_audio"] == f"workdir:{tmp_path / 'run' / 'checkpoints' / '2'}"
     assert pipe.sources["clip"] == "random"
     for name in ("image_vae", "unet_audio"):

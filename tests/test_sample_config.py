@@ -3,8 +3,8 @@ and every variant's latents decode to the sizes and durations it states (shapes 
 import jax
 import pytest
 
-from codi_jax import pipeline
-from codi_jax.pipeline import Request
+from codi_jax import sampling
+from codi_jax.sampling import Request
 from codi_jax.sample import load_config
 
 # codi-reference.md §1: parameter counts of the released components.
@@ -15,9 +15,9 @@ RELEASED = {"clip": 737_647_217, "clap": 280_951_959, "optimus": 109_489_920 + 1
 
 def _shapes(variant):
     config = load_config(f"configs/sample.py:{variant}")
-    nets = pipeline.build_networks(config)
-    abstract = pipeline.abstract_variables(nets)
-    return config, abstract, pipeline.output_shapes(config, nets, abstract)
+    nets = sampling.build_networks(config)
+    abstract = sampling.abstract_variables(nets)
+    return config, abstract, sampling.output_shapes(config, nets, abstract)
 
 
 def test_full_is_the_released_codi():
@@ -43,7 +43,7 @@ def test_cpu_matches_the_cpu_training_run():
     """The networks, resolution, frames and audio length latent_align:cpu trains, from the workdirs it writes."""
     config, _, shapes = _shapes("cpu")
     training = load_config("configs/latent_align.py:cpu")
-    for name in pipeline.COMPONENTS:
+    for name in sampling.COMPONENTS:
         trained = training.model.get(name)
         if trained is not None:
             assert config.models[name].to_dict() == trained.to_dict(), name

@@ -19,7 +19,7 @@ from codi_jax import media
 from codi_jax.data import media as codec
 from codi_jax.data import shapes_tones as st
 from codi_jax.models import optimus
-from codi_jax.pipeline import MODALITIES, CoDiPipeline, Request
+from codi_jax.sampling import MODALITIES, CoDiPipeline, Request
 from codi_jax.sample import load_config
 
 SUBSETS = [c for k in (1, 2) for c in itertools.combinations(MODALITIES, k)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from codi_jax.data import shapes_tones as st
-from codi_jax.pipeline import ConfigError, CoDiPipeline, Request, RequestError
+from codi_jax.sampling import ConfigError, CoDiPipeline, Request, RequestError
 from codi_jax.sample import load_config
 
 STEPS = 2
@@ -55,8 +55,9 @@ def test_griffin_lim_mel_inversion_decodes_the_same_mel(config, pipe, example):
     """mel_inversion="griffin_lim" replaces only the vocoder: a wave of the vocoder's length whose log-mel is the
     one the audio VAE decoded (up to Griffin-Lim's phase estimate); the record says which decoder ran."""
     from codi_jax.data import mel
-    from codi_jax.eval.griffin_lim import mels_to_waves
-    from codi_jax.pipeline import GRIFFIN_LIM_ITERATIONS, _decode_mel
+    from codi_jax.data.griffin_lim import mels_to_waves
+    from codi_jax.sampling import GRIFFIN_LIM_ITERATIONS
+    from codi_jax.sampling.compiled import decode_mel
 
     gl_config = copy.deepcopy(config)
     gl_config.mel_inversion = "griffin_lim"
@@ -69,7 +70,7 @@ def test_griffin_lim_mel_inversion_decodes_the_same_mel(config, pipe, example):
     assert np.abs(out["audio"]).max() > 0 and not np.allclose(out["audio"], reference["audio"])
     # Same noise -> same latent -> the mel both decoders start from; Griffin-Lim's wave comes back close to it.
     latent = jax.random.normal(jax.random.key(0), (1,) + tuple(config.latents.audio))
-    target = np.asarray(_decode_mel(pipe.variables["audio_vae"], latent, vae=pipe.nets.audio_vae))[0]
+    target = np.asarray(decode_mel(pipe.variables["audio_vae"], latent, vae=pipe.nets.audio_vae))[0]
     wave = mels_to_waves(target[None], 5120, GRIFFIN_LIM_ITERATIONS)[0]
     frames = target.shape[0] - 1
     again = np.asarray(mel.log_mel(jnp.asarray(wave[None])))[0][:frames]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from codi_jax.pipeline import Request, RequestError, load_inputs, read_batch_file
+from codi_jax.sampling import Request, RequestError, load_inputs, read_batch_file
 
 
 def test_fields_from_strings_as_the_cli_gives_them():

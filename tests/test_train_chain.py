@@ -16,7 +16,7 @@ import pytest
 
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.train import freeze, loop
-from codi_jax.train.handoff import restore_params
+from codi_jax.checkpoints import restore_params
 
 from test_train_stages import assert_only_trainable_changed, changed_groups, load, run
 

@@ -377,12 +377,13 @@ if __name__ == "__main__":
 
 
 def test_a_workdir_without_checkpoints_is_one_config_error(tmp_path):
+    from codi_jax import checkpoints
     from codi_jax.train import handoff
     from codi_jax.train.errors import ConfigError
     from codi_jax.train.stages.base import Pretrained
 
     with pytest.raises(ConfigError, match=f"^no checkpoints directory at {re.escape(str(tmp_path))}/checkpoints$"):
-        handoff.saved_config(str(tmp_path))
+        checkpoints.saved_config(str(tmp_path))
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ConfigError, match=r"^init_from: .*/checkpoints holds no finished checkpoint$"):
         handoff.load_overrides([Pretrained(str(tmp_path), "clip", "clip")], {}, use_ema=False)

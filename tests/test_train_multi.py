@@ -29,7 +29,7 @@ import pytest
 
 from codi_jax.train import freeze, loop
 from codi_jax.train.defaults import load_config_file
-from codi_jax.train.handoff import restore_params
+from codi_jax.checkpoints import restore_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOY = str(REPO / "configs" / "toy.py")

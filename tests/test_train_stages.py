@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from codi_jax import checkpoints
 from codi_jax.data import pipeline
-from codi_jax.train import freeze, handoff, loop
+from codi_jax.train import freeze, loop
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.defaults import load_config_file
 from codi_jax.train.stages.components import param_group
@@ -89,7 +90,7 @@ def test_autoencoders_carry_an_earlier_runs_component(tmp_path):
     for path, array in optimus.items():
         np.testing.assert_array_equal(carried[path], array, err_msg=path)
     # Every checkpoint records each coder's latent scale: 1 / the rms of its posterior samples.
-    measured = handoff.saved_config(str(tmp_path / "image"))["measured"]["latent_scale"]
+    measured = checkpoints.saved_config(str(tmp_path / "image"))["measured"]["latent_scale"]
     assert set(measured) == {"image_vae", "optimus"}
     batch = pipeline.probe_batch(image.data, ["image", "text"], 256)
     params = jax.device_get(final.full_params())

@@ -38,22 +38,6 @@ def model_kwargs(htsat: Mapping[str, Any], clap: Mapping[str, Any]) -> dict:
                 clip_samples=int(audio_cfg["clip_samples"]), joint_embed_dim=int(clap["joint_embed_shape"]))
 
 
-def _linear(flat, sd, ours, theirs, bias=True):
-    flat[f"{ours}/kernel"] = layout.linear(sd[f"{theirs}.weight"])
-    if bias:
-        flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
-
-
-def _norm(flat, sd, ours, theirs):
-    flat[f"{ours}/scale"] = jnp.asarray(sd[f"{theirs}.weight"])
-    flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
-
-
-def _conv(flat, sd, ours, theirs):
-    flat[f"{ours}/kernel"] = layout.conv(sd[f"{theirs}.weight"])
-    flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
-
-
 def convert_variables(sd: Mapping[str, Any]) -> dict:
     """Official CLAP state dict (no `model.` prefix) -> {"params": ..., "batch_stats": ...}."""
     params: dict[str, Any] = {}
@@ -63,30 +47,30 @@ def convert_variables(sd: Mapping[str, Any]) -> dict:
     params[f"{ab}/bn0/bias"] = jnp.asarray(sd[f"{ab}.bn0.bias"])
     stats[f"{ab}/bn0/mean"] = jnp.asarray(sd[f"{ab}.bn0.running_mean"])
     stats[f"{ab}/bn0/var"] = jnp.asarray(sd[f"{ab}.bn0.running_var"])
-    _conv(params, sd, f"{ab}/patch_embed_proj", f"{ab}.patch_embed.proj")
-    _norm(params, sd, f"{ab}/patch_embed_norm", f"{ab}.patch_embed.norm")
+    layout.copy_conv(params, sd, f"{ab}/patch_embed_proj", f"{ab}.patch_embed.proj")
+    layout.copy_norm(params, sd, f"{ab}/patch_embed_norm", f"{ab}.patch_embed.norm")
     block = re.compile(rf"^{ab}\.layers\.(\d+)\.blocks\.(\d+)\.")
     for i, j in sorted({(int(m.group(1)), int(m.group(2))) for k in sd if (m := block.match(k))}):
         o, t = f"{ab}/layers_{i}_blocks_{j}", f"{ab}.layers.{i}.blocks.{j}"
-        _norm(params, sd, f"{o}/norm1", f"{t}.norm1")
-        _norm(params, sd, f"{o}/norm2", f"{t}.norm2")
-        _linear(params, sd, f"{o}/attn/qkv", f"{t}.attn.qkv")
-        _linear(params, sd, f"{o}/attn/proj", f"{t}.attn.proj")
+        layout.copy_norm(params, sd, f"{o}/norm1", f"{t}.norm1")
+        layout.copy_norm(params, sd, f"{o}/norm2", f"{t}.norm2")
+        layout.copy_linear(params, sd, f"{o}/attn/qkv", f"{t}.attn.qkv")
+        layout.copy_linear(params, sd, f"{o}/attn/proj", f"{t}.attn.proj")
         params[f"{o}/attn/relative_position_bias_table"] = jnp.asarray(sd[f"{t}.attn.relative_position_bias_table"])
-        _linear(params, sd, f"{o}/fc1", f"{t}.mlp.fc1")
-        _linear(params, sd, f"{o}/fc2", f"{t}.mlp.fc2")
+        layout.copy_linear(params, sd, f"{o}/fc1", f"{t}.mlp.fc1")
+        layout.copy_linear(params, sd, f"{o}/fc2", f"{t}.mlp.fc2")
     merge = re.compile(rf"^{ab}\.layers\.(\d+)\.downsample\.")
     for i in sorted({int(m.group(1)) for k in sd if (m := merge.match(k))}):
         o, t = f"{ab}/layers_{i}_downsample", f"{ab}.layers.{i}.downsample"
-        _norm(params, sd, f"{o}/norm", f"{t}.norm")
-        _linear(params, sd, f"{o}/reduction", f"{t}.reduction", bias=False)
-    _norm(params, sd, f"{ab}/norm", f"{ab}.norm")
-    _conv(params, sd, f"{ab}/tscam_conv", f"{ab}.tscam_conv")
-    _linear(params, sd, f"{ab}/head", f"{ab}.head")
-    _linear(params, sd, "audio_projection/fc1", "audio_projection.0")
-    _linear(params, sd, "audio_projection/fc2", "audio_projection.2")
-    _linear(params, sd, "audio_transform/fc1", "audio_transform.sequential.0")
-    _linear(params, sd, "audio_transform/fc2", "audio_transform.sequential.3")
+        layout.copy_norm(params, sd, f"{o}/norm", f"{t}.norm")
+        layout.copy_linear(params, sd, f"{o}/reduction", f"{t}.reduction", bias=False)
+    layout.copy_norm(params, sd, f"{ab}/norm", f"{ab}.norm")
+    layout.copy_conv(params, sd, f"{ab}/tscam_conv", f"{ab}.tscam_conv")
+    layout.copy_linear(params, sd, f"{ab}/head", f"{ab}.head")
+    layout.copy_linear(params, sd, "audio_projection/fc1", "audio_projection.0")
+    layout.copy_linear(params, sd, "audio_projection/fc2", "audio_projection.2")
+    layout.copy_linear(params, sd, "audio_transform/fc1", "audio_transform.sequential.0")
+    layout.copy_linear(params, sd, "audio_transform/fc2", "audio_transform.sequential.3")
     return {"params": layout.nest(params), "batch_stats": layout.nest(stats)}
 
 

@@ -47,17 +47,6 @@ def _layer_ids(sd: Mapping[str, Any], tower: str) -> list[int]:
     return sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
 
 
-def _linear(flat, sd, ours, theirs, bias=True):
-    flat[f"{ours}/kernel"] = layout.linear(sd[f"{theirs}.weight"])
-    if bias:
-        flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
-
-
-def _norm(flat, sd, ours, theirs):
-    flat[f"{ours}/scale"] = jnp.asarray(sd[f"{theirs}.weight"])
-    flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
-
-
 def _temporal(flat, sd, ours, theirs):
     attn, ta = f"{ours}/temporal_attn", f"{theirs}.temporal_attn"
     flat[f"{attn}/norm_g"] = jnp.asarray(sd[f"{ta}.norm.g"])
@@ -65,11 +54,11 @@ def _temporal(flat, sd, ours, theirs):
         t = jnp.asarray(sd[f"{ta}.{table}"])
         flat[f"{attn}/{table}"] = t.reshape(t.shape[-2:])  # [1, 30, C] -> [30, C]
     for proj in ("to_q", "to_kv", "to_out"):
-        _linear(flat, sd, f"{attn}/{proj}", f"{ta}.{proj}", bias=False)
+        layout.copy_linear(flat, sd, f"{attn}/{proj}", f"{ta}.{proj}", bias=False)
     rel, tr = f"{ours}/temporal_rel_pos_bias", f"{theirs}.temporal_rel_pos_bias.net"
-    _linear(flat, sd, f"{rel}/net_0", f"{tr}.0.0")
-    _linear(flat, sd, f"{rel}/net_1", f"{tr}.1.0")
-    _linear(flat, sd, f"{rel}/net_2", f"{tr}.2")
+    layout.copy_linear(flat, sd, f"{rel}/net_0", f"{tr}.0.0")
+    layout.copy_linear(flat, sd, f"{rel}/net_1", f"{tr}.1.0")
+    layout.copy_linear(flat, sd, f"{rel}/net_2", f"{tr}.2")
     flat[f"{ours}/ff/proj_in/kernel"] = layout.pointwise(sd[f"{theirs}.ff.proj_in.0.weight"])
     g = jnp.asarray(sd[f"{theirs}.ff.proj_out.0.g"])
     flat[f"{ours}/ff/norm_g"] = g.reshape(g.shape[1])  # [1, inner, 1] -> [inner]
@@ -79,12 +68,12 @@ def _temporal(flat, sd, ours, theirs):
 def _encoder(flat, sd, ours, tower, temporal):
     for i in _layer_ids(sd, tower):
         o, t = f"{ours}/layers_{i}", f"{tower}.encoder.layers.{i}"
-        _norm(flat, sd, f"{o}/layer_norm1", f"{t}.layer_norm1")
-        _norm(flat, sd, f"{o}/layer_norm2", f"{t}.layer_norm2")
+        layout.copy_norm(flat, sd, f"{o}/layer_norm1", f"{t}.layer_norm1")
+        layout.copy_norm(flat, sd, f"{o}/layer_norm2", f"{t}.layer_norm2")
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _linear(flat, sd, f"{o}/self_attn/{proj}", f"{t}.self_attn.{proj}")
-        _linear(flat, sd, f"{o}/mlp/fc1", f"{t}.mlp.fc1")
-        _linear(flat, sd, f"{o}/mlp/fc2", f"{t}.mlp.fc2")
+            layout.copy_linear(flat, sd, f"{o}/self_attn/{proj}", f"{t}.self_attn.{proj}")
+        layout.copy_linear(flat, sd, f"{o}/mlp/fc1", f"{t}.mlp.fc1")
+        layout.copy_linear(flat, sd, f"{o}/mlp/fc2", f"{t}.mlp.fc2")
         if temporal:
             _temporal(flat, sd, f"{o}/temporal_self_attn", f"{t}.temporal_self_attn")
 
@@ -95,17 +84,17 @@ def convert(sd: Mapping[str, Any], temporal: bool = True) -> dict:
     flat["text_model/token_embedding/embedding"] = jnp.asarray(sd["text_model.embeddings.token_embedding.weight"])
     flat["text_model/position_embedding"] = jnp.asarray(sd["text_model.embeddings.position_embedding.weight"])
     _encoder(flat, sd, "text_model", "text_model", temporal=False)
-    _norm(flat, sd, "text_model/final_layer_norm", "text_model.final_layer_norm")
+    layout.copy_norm(flat, sd, "text_model/final_layer_norm", "text_model.final_layer_norm")
 
     flat["vision_model/class_embedding"] = jnp.asarray(sd["vision_model.embeddings.class_embedding"])
     flat["vision_model/patch_embedding/kernel"] = layout.conv(sd["vision_model.embeddings.patch_embedding.weight"])
     flat["vision_model/position_embedding"] = jnp.asarray(sd["vision_model.embeddings.position_embedding.weight"])
-    _norm(flat, sd, "vision_model/pre_layrnorm", "vision_model.pre_layrnorm")
+    layout.copy_norm(flat, sd, "vision_model/pre_layrnorm", "vision_model.pre_layrnorm")
     _encoder(flat, sd, "vision_model", "vision_model", temporal=temporal)
-    _norm(flat, sd, "vision_model/post_layernorm", "vision_model.post_layernorm")
+    layout.copy_norm(flat, sd, "vision_model/post_layernorm", "vision_model.post_layernorm")
 
-    _linear(flat, sd, "text_projection", "text_projection", bias=False)
-    _linear(flat, sd, "visual_projection", "visual_projection", bias=False)
+    layout.copy_linear(flat, sd, "text_projection", "text_projection", bias=False)
+    layout.copy_linear(flat, sd, "visual_projection", "visual_projection", bias=False)
     flat["logit_scale"] = jnp.asarray(sd["logit_scale"])
     return layout.nest(flat)
 

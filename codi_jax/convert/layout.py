@@ -32,6 +32,25 @@ def pointwise(w):
     return jnp.transpose(w.reshape(w.shape[0], w.shape[1]))
 
 
+# Copy one torch layer's tensors (`theirs`, dotted state-dict prefix) into a flat {our/path: array} (`ours`).
+
+def copy_linear(flat: dict, sd, ours: str, theirs: str, bias: bool = True) -> None:
+    flat[f"{ours}/kernel"] = linear(sd[f"{theirs}.weight"])
+    if bias:
+        flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
+
+
+def copy_norm(flat: dict, sd, ours: str, theirs: str) -> None:
+    """LayerNorm / GroupNorm weight and bias -> scale and bias."""
+    flat[f"{ours}/scale"] = jnp.asarray(sd[f"{theirs}.weight"])
+    flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
+
+
+def copy_conv(flat: dict, sd, ours: str, theirs: str) -> None:
+    flat[f"{ours}/kernel"] = conv(sd[f"{theirs}.weight"])
+    flat[f"{ours}/bias"] = jnp.asarray(sd[f"{theirs}.bias"])
+
+
 def nest(flat: dict, sep: str = "/") -> dict:
     """{'a/b/c': x} -> {'a': {'b': {'c': x}}}: build param trees from path strings."""
     tree: dict = {}

@@ -54,15 +54,14 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from codi_jax import pipeline
+from codi_jax import sampling
 from codi_jax.convert import registry, state_dict
 from codi_jax.convert.lazy import LazyConversion
 from codi_jax.convert.workdir import LazyArray, write
 from codi_jax.diffusion.schedule import BUFFER_NAMES, make_schedule
-from codi_jax.models import catalogue
+from codi_jax.models import catalogue, networks
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.parallel.partitioning import tree_shardings
-from codi_jax.train.stages import components
 
 EXIT_BAD_INPUT = 2
 # The released files and the networks each supplies.
@@ -151,8 +150,8 @@ def _file_of(name: str) -> str:
 
 def target_variables(config) -> dict:
     """{network: boxed abstract variables} of the configured networks (nothing allocated)."""
-    nets = pipeline.build_networks(config)
-    return {name: jax.eval_shape(lambda rng, n=name: components.init_variables(
+    nets = sampling.build_networks(config)
+    return {name: jax.eval_shape(lambda rng, n=name: networks.init_variables(
         n, nets.modules[n], rng), jax.random.key(0)) for name in catalogue.NAMES}
 
 
@@ -444,7 +443,7 @@ def convert(args, config) -> None:
             models = {n: config.models[n].to_dict() for n in catalogue.NAMES}
             write(tmp / stage, state, {"stage": stage, "released": record,
                                        "model": {n: models[n] for n in names}}, sharded=mesh is not None)
-            (tmp / stage / pipeline.RELEASED_MARKER).write_text(json.dumps({**record, "stage": stage,
+            (tmp / stage / sampling.RELEASED_MARKER).write_text(json.dumps({**record, "stage": stage,
                                                                             "networks": list(names)}, indent=1) + "\n")
             print(f"wrote {out / stage} ({', '.join(names)})", flush=True)
         tmp.rename(out)
@@ -503,7 +502,7 @@ def main(argv=None) -> int:
         except sample.UsageError as err:
             raise ConversionError(str(err)) from None
         convert(args, config)
-    except (ConversionError, pipeline.ConfigError) as err:
+    except (ConversionError, sampling.ConfigError) as err:
         print(f"codi_jax.convert.released: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # the output cannot be written (disk full, permissions); nothing is left there

@@ -30,7 +30,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from codi_jax.data import shapes_tones as st
-from codi_jax.eval import griffin_lim, oracle, scoring
+from codi_jax.data import griffin_lim
+from codi_jax.eval import oracle, scoring
 
 KINDS = ("reconstruction", "retrieval", "generation", "joint")
 # Mel inversion iterations for probe audio (the sampling pipeline's default).

@@ -1,5 +1,5 @@
-"""The Shapes & Tones evaluation of a trained CoDi: requests for every cell, batch generation, oracle scores,
-the results table and a picture.
+"""The Shapes & Tones evaluation of a trained CoDi: requests for every cell, batch generation, oracle scores
+and a picture (the results table: shapes_tones_report).
 
 A cell is one kind of generation scored over the first N examples of the test split (shapes-and-tones.md,
 "What is scored"):
@@ -19,8 +19,7 @@ Every cell also reports its seen and unseen (held-out color-shape) examples apar
 
 Flow (`evaluate`): export the inputs with the data layer's exporter, write one requests.jsonl per
 pipeline, generate through `python -m codi_jax.sample --batch` (called in-process, the same code path),
-read the output files back with the oracle, score, and write results.json, the markdown table and the
-PNG grid. Output folders that already hold a request.json are not generated again, so an interrupted
+read the output files back with the oracle, score, and write results.json and the PNG grid. Output folders that already hold a request.json are not generated again, so an interrupted
 evaluation resumes.
 """
 from __future__ import annotations
@@ -28,9 +27,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import pathlib
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -193,18 +191,6 @@ def pending(records: Sequence[Mapping], out_dir) -> list[Mapping]:
     return [r for r in records if not (out_dir / r["id"] / "request.json").is_file()]
 
 
-def run_batch(config_spec: str, requests_path, out_dir, *, progress: bool = False) -> None:
-    """`python -m codi_jax.sample --config SPEC --batch REQUESTS --out OUT`, in this process."""
-    from codi_jax import sample
-
-    args = ["--config", config_spec, "--batch", str(requests_path), "--out", str(out_dir)]
-    if not progress:
-        args.append("--no-progress")
-    status = sample.main(args)
-    if status != 0:
-        raise RuntimeError(f"python -m codi_jax.sample {' '.join(args)} exited with status {status}")
-
-
 # ----------------------------------------------------------------------------------------------------
 # Reading outputs back
 
@@ -257,168 +243,6 @@ def score_cell(cell: Cell, attributes: Sequence[Mapping], decoded: Mapping[str, 
 def score(cells: Sequence[Cell], attributes: Sequence[Mapping],
           decoded: Mapping[str, Mapping[str, Mapping]]) -> list[dict]:
     return [score_cell(cell, attributes, decoded) for cell in cells]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The table
-
-
-def _pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def _find(results: Sequence[Mapping], **match) -> dict | None:
-    for r in results:
-        if all(r[k] == v for k, v in match.items()):
-            return r
-    return None
-
-
-def _attribute_cells(summary: Mapping) -> list[str]:
-    return [_pct(summary["per_attribute"].get(a)) for a in st.ATTRIBUTES]
-
-
-def _single_matrix(results) -> list[str]:
-    lines = ["| input \\ output | " + " | ".join(MODALITIES) + " |", "|---" * (len(MODALITIES) + 1) + "|"]
-    for a in MODALITIES:
-        row = []
-        for b in MODALITIES:
-            r = _find(results, group="single", inputs=[a], outputs=[b])
-            row.append("" if r is None else _pct(r["conditional"][b]["accuracy"]))
-        lines.append(f"| **{a}** | " + " | ".join(row) + " |")
-    return lines
-
-
-def _conditional_table(rows: Sequence[Mapping]) -> list[str]:
-    lines = ["| cell | output | n | accuracy | " + " | ".join(st.ATTRIBUTES) + " |",
-             "|---|---|---|---|" + "---|" * len(st.ATTRIBUTES)]
-    for r in rows:
-        for m in r["outputs"]:
-            c = r["conditional"][m]
-            lines.append(f"| {r['title']} | {m} | {r['n']} | {_pct(c['accuracy'])} | "
-                         + " | ".join(_attribute_cells(c)) + " |")
-    return lines
-
-
-def _joint_table(rows: Sequence[Mapping]) -> list[str]:
-    lines = ["| cell | trained together | generation | agreement | onset agreement | "
-             "conditional accuracy per output |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        j = r["joint"]
-        generation = "independent" if r["independent"] else ("joint, wiring own" if r["pipeline"] == OWN
-                                                           else "joint, wiring others")
-        per_output = ", ".join(f"{m} {_pct(r['conditional'][m]['accuracy'])}" for m in r["outputs"])
-        together = {True: "yes", False: "no (zero-shot)", None: "–"}[r["trained_together"]]
-        title = " + ".join(r["inputs"]) + " -> " + " + ".join(r["outputs"])
-        lines.append(f"| {title} | {together} | {generation} | {_pct(j['agreement'])} | "
-                     f"{_pct(j.get('onset_sync'))} | {per_output} |")
-    return lines
-
-
-def _unseen_table(results: Sequence[Mapping]) -> list[str]:
-    lines = ["| cell | output | seen: n | seen: accuracy | unseen: n | unseen: accuracy |",
-             "|---|---|---|---|---|---|"]
-    for r in results:
-        for m in r["outputs"]:
-            c = r["conditional"][m]
-            seen, unseen = c.get("seen"), c.get("unseen")
-            if seen is None and unseen is None:
-                continue
-            lines.append(f"| {r['title']} | {m} | {seen['scored'] if seen else 0} | "
-                         f"{_pct(seen['accuracy']) if seen else '–'} | {unseen['scored'] if unseen else 0} | "
-                         f"{_pct(unseen['accuracy']) if unseen else '–'} |")
-    return lines
-
-
-def _pooled(results: Sequence[Mapping]) -> dict[str, tuple[float, int]]:
-    """{"seen" | "unseen": (accuracy, attribute slots)} pooled over every conditional score, leaving out the
-    independent baselines and the wiring ablation (they repeat the joint cells' examples)."""
-    totals = {"seen": [0.0, 0], "unseen": [0.0, 0]}
-    for r in results:
-        if r["independent"] or r["pipeline"] != MAIN:
-            continue
-        for c in r["conditional"].values():
-            for part, total in totals.items():
-                if part in c:
-                    total[0] += c[part]["accuracy"] * c[part]["scored"]
-                    total[1] += c[part]["scored"]
-    return {part: (hits / n if n else float("nan"), n) for part, (hits, n) in totals.items()}
-
-
-def render_markdown(results: Sequence[Mapping], info: Mapping, grid_name: str | None = None) -> str:
-    """The results report: run facts from `info` (command, variant, wall times, seed, versions, ...), then
-    every table."""
-    chance = ", ".join(f"{a} {_pct(p)} %" for a, p in scoring.CHANCE.items())
-    out = [f"# {info.get('title', 'Shapes & Tones results')}", ""]
-    if info.get("summary"):
-        out += [info["summary"], ""]
-    out += ["## Run", "", "| | |", "|---|---|"]
-    for key, value in info.get("run", {}).items():
-        out.append(f"| {key} | {value} |")
-    if info.get("stages"):
-        out += ["", "Wall time per stage:", "", "| stage | config | steps | wall time |", "|---|---|---|---|"]
-        for stage in info["stages"]:
-            out.append(f"| {stage['name']} | `{stage['config']}` | {stage.get('steps', '–')} | "
-                       f"{stage['wall_time']} |")
-    if info.get("probes"):
-        out += ["", "## Stage probes", "",
-                "What each stage exists for, measured while it trained on fixed validation examples "
-                "(codi_jax.eval.probes; every stage's probes.json): autoencoders read back through encode -> "
-                "decode, prompt-encoder retrieval top-1 (correct when the retrieved example shares the attributes "
-                "both modalities carry), each diffuser's generations from each condition, and latent alignment's "
-                "joint against independent text -> video + audio. Last probe of each stage:", ""]
-        out += list(info["probes"])
-        if info.get("probe_plot"):
-            out += ["", f"![probe curves]({info['probe_plot']})"]
-    n = results[0]["n"] if results else 0
-    out += ["", "## How it is scored", "",
-            f"Every cell is {n} examples of the Shapes & Tones test split (the same examples in every cell), "
-            "generated through `python -m codi_jax.sample --batch` and read back from the written files by the "
-            "signal-analysis oracle (codi_jax.eval.oracle). Accuracy: the fraction of the attributes that the "
-            "output can carry and an input carries which the output reproduces; a decoded 'none' is wrong. "
-            "Agreement: the fraction of attributes two outputs generated together share and agree on; onset "
-            "agreement: video and audio decode to the same onset frame (no caption states it). "
-            f"All numbers in %. Chance: {chance}.", ""]
-    single = [r for r in results if r["group"] == "single"]
-    out += ["## Single input -> single output", "", "Accuracy (rows: input, columns: output):", ""]
-    out += _single_matrix(results) + ["", "Per attribute:", ""] + _conditional_table(single)
-    out += ["", "## Multi-condition", "",
-            "Two inputs of the same example, mixed with equal weights. Attributes only one input carries "
-            "(motion: text; onset: audio) show whether the mix keeps both.", ""]
-    out += _conditional_table([r for r in results if r["group"] == "multi"])
-    joint = [r for r in results if r["group"] in ("joint", "zero_shot", "wiring")]
-    out += ["", "## Joint generation", "",
-            "Two outputs from one input, generated together; 'independent' rows generate each output alone "
-            "from the same condition and initial noise (the baseline joint generation must beat). "
-            "Zero-shot: a pair latent alignment never trained together.", ""]
-    out += _joint_table(joint) + ["", "Per attribute:", ""] + _conditional_table(joint)
-    wiring = [r for r in results if r["group"] == "wiring"]
-    if wiring:
-        inputs, outputs = WIRING_CELL
-        rows = [_find(results, group="joint", inputs=list(inputs), outputs=list(outputs), independent=False),
-                wiring[0],
-                _find(results, group="joint", inputs=list(inputs), outputs=list(outputs), independent=True)]
-        names = ("paper (`others`: each UNet reads the other modality's environment encoding)",
-                 "released code (`own`: each UNet reads its own, trained the same way)",
-                 "independent generation (no joint layers)")
-        out += ["", "## Context-wiring ablation", "", "text -> video + audio:", "",
-                "| wiring | onset agreement | attribute agreement |", "|---|---|---|"]
-        for name, r in zip(names, rows):
-            if r is not None:
-                out.append(f"| {name} | {_pct(r['joint'].get('onset_sync'))} | {_pct(r['joint']['agreement'])} |")
-    pooled = _pooled(results)
-    out += ["", "## Unseen combinations", "",
-            "Yellow triangles and green squares never appear in training. Pooled over the cells above "
-            f"(independent baselines and the wiring ablation left out): seen {_pct(pooled['seen'][0])} % of "
-            f"{pooled['seen'][1]} attribute slots, unseen {_pct(pooled['unseen'][0])} % of "
-            f"{pooled['unseen'][1]}. Per cell (n counts attribute slots):", ""]
-    out += _unseen_table([r for r in results if not r["independent"]])
-    if grid_name:
-        out += ["", "## Samples", "",
-                "One row per request (the first example of each cell shown): generated image, video frames and "
-                "the log-mel spectrogram of the generated audio; the label gives the condition and any "
-                "generated text.", "", f"![samples]({grid_name})"]
-    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -570,11 +394,13 @@ class EvalSettings:
     progress: bool = False
 
 
-def evaluate(sample_configs: Mapping[str, str], eval_dir, settings: EvalSettings,
+def evaluate(sample_configs: Mapping[str, str], eval_dir, settings: EvalSettings, generate: Callable,
              trained_pairs: Iterable[Sequence[str]] = PAPER_TRAINED_PAIRS) -> dict:
     """Run the whole evaluation into `eval_dir` (inputs/, requests_<pipeline>.jsonl, outputs_<pipeline>/,
     results.json, grid.png). `sample_configs` maps MAIN (and OWN for the wiring ablation) to sampling
-    config specs for `python -m codi_jax.sample --config`. Returns {"cells": [...], "results": [...]}."""
+    config specs for `python -m codi_jax.sample --config`; `generate(spec, requests_jsonl, out_dir,
+    progress=...)` writes each request's files (`codi_jax.sample.run_batch`: the CLI in this process).
+    Returns {"cells": [...], "results": [...]}."""
     eval_dir = pathlib.Path(eval_dir)
     cells = make_cells(trained_pairs, wiring_ablation=settings.wiring_ablation and OWN in sample_configs,
                        independent_baselines=settings.independent_baselines)
@@ -588,7 +414,7 @@ def evaluate(sample_configs: Mapping[str, str], eval_dir, settings: EvalSettings
         todo = pending(recs, out_dirs[name])
         if todo:
             todo_path = write_requests(eval_dir / f"pending_{name}.jsonl", todo)
-            run_batch(sample_configs[name], todo_path, out_dirs[name], progress=settings.progress)
+            generate(sample_configs[name], todo_path, out_dirs[name], progress=settings.progress)
             todo_path.unlink()
         decoded.update(decode_outputs(recs, out_dirs[name]))
     results = score(cells, attributes, decoded)

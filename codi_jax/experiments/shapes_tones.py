@@ -200,7 +200,7 @@ def sampling_config(workdir: pathlib.Path, variant: Variant, align_stage: str, w
     """The sampling config of the trained networks: each component's network as the stage that trained
     it configures it, its weights from that stage's workdir, latents of the sizes the LDM stages trained
     on; everything else (tokenizers, batch size, fps, ...) from configs/sample.py:<variant.sample>."""
-    from codi_jax import pipeline
+    from codi_jax import sampling
     from codi_jax.data import mel
     from codi_jax.models import catalogue
     from codi_jax.sample import load_config
@@ -217,7 +217,7 @@ def sampling_config(workdir: pathlib.Path, variant: Variant, align_stage: str, w
             raise ValueError(f"configs/autoencoders.py:{variant.train} trains no vocoder but configs/sample.py:"
                              f"{variant.sample} decodes audio with one (mel_inversion)")
         config.components["vocoder"] = "random"  # built for the shape checks, never run
-    nets = pipeline.build_networks(config)
+    nets = sampling.build_networks(config)
     image_factor = 2 ** (len(nets.image_vae.ch_mult) - 1)
     audio_factor = 2 ** (len(nets.audio_vae.ch_mult) - 1)
     image = stages["image_ldm"].data.preprocess.image.size // image_factor
@@ -352,18 +352,19 @@ def main(argv=None) -> int:
         print(f"shapes_tones: {err}", file=sys.stderr)
         return 1
 
+    from codi_jax import sample
     from codi_jax.eval import shapes_tones_eval as ste
-    from codi_jax.sample import load_config
 
     eval_start = time.perf_counter()
     specs = sample_configs(workdir, variant, ablation)
-    outcome = ste.evaluate(specs, workdir / "eval", eval_settings(variant, ablation), trained_pairs(variant))
+    outcome = ste.evaluate(specs, workdir / "eval", eval_settings(variant, ablation), sample.run_batch,
+                           trained_pairs(variant))
     # Summed over invocations, so an interrupted and resumed evaluation reports all the time it took.
     timings["evaluation"] = timings.get("evaluation", 0.0) + time.perf_counter() - eval_start
     _save_timings(workdir, timings)
     _log(f"evaluation: {variant.num_examples} examples x {len(outcome['cells'])} cells, "
          f"{_format_seconds(timings['evaluation'])}")
-    guidance = load_config(specs[ste.MAIN]).defaults.guidance
+    guidance = sample.load_config(specs[ste.MAIN]).defaults.guidance
     rows.append({"name": "evaluation", "config": f"eval/sample_{ste.MAIN}.json (configs/sample.py:{variant.sample} "
                  "with the stages' networks)", "steps": f"{variant.sampler}, {variant.steps} steps",
                  "wall_time": _format_seconds(timings["evaluation"])})
@@ -390,14 +391,14 @@ def main(argv=None) -> int:
                 "workdir": f"`{workdir}` (stage logs in logs/, generations in eval/outputs_*/)"},
         "stages": rows,
     }
-    from codi_jax.eval import probe_report
+    from codi_jax.eval import probe_report, shapes_tones_report
 
     probes = probe_report.load({stage.name: stage.workdir for stage in plans})
     if probes:
         info["probes"] = probe_report.table(probes)
         info["probe_plot"] = probe_report.plot(probes, report_dir / "probe_curves.png").name
     report = report_dir / "results.md"
-    report.write_text(ste.render_markdown(outcome["results"], info, grid_name))
+    report.write_text(shapes_tones_report.render_markdown(outcome["results"], info, grid_name))
     _log(f"report: {report}")
     return 0
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from codi_jax.data import mel
+from codi_jax.models.layers import conv, dense
 
 Dtype = Any
 
@@ -39,9 +40,6 @@ AUDIO_SCALE = 0.9228
 # CoDi's audio decode helper clips latents to [-10, 10] whenever the batch's max |z| exceeds 100.
 AUDIO_LATENT_CLIP = (100.0, 10.0)
 
-_conv_kernel = nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                            ("kernel", "kernel", "conv_in", "conv_out"))
-_conv_bias = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",))
 _norm_scale = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))
 _norm_bias = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",))
 
@@ -69,8 +67,8 @@ class DiagonalGaussian:
 
 
 def _conv(features: int, kernel: int, name: str | None, dtype: Dtype, stride: int = 1, padding: Any = "SAME"):
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=dtype,
-                   kernel_init=_conv_kernel, bias_init=_conv_bias, name=name)
+    return conv(features, kernel, stride=stride, padding=padding, kernel_init=nn.initializers.lecun_normal(),
+                dtype=dtype, name=name)
 
 
 def _group_norm(name: str, dtype: Dtype, groups: int):
@@ -107,9 +105,7 @@ class AttnBlock(nn.Module):
         h = _group_norm("norm", self.dtype, self.norm_groups)(x).reshape(b, height * width, c)
 
         def proj(name, axes):
-            return nn.Dense(c, dtype=self.dtype, name=name,
-                            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+            return dense(c, axes, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype, name=name)
 
         q = proj("q", ("embed", "heads"))(h)
         k = proj("k", ("embed", "heads"))(h)

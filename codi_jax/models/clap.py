@@ -29,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from codi_jax.data.mel import hann_window, mel_filterbank
+from codi_jax.models.layers import dense, layer_norm, partitioned
 
 INPUT_SAMPLE_RATE = 16000  # the wrapper only accepts 16 kHz
 DB_FLOOR = 1e-10
 BN_EPS = 1e-5
 LN_EPS = 1e-5
+_dense = functools.partial(dense, kernel_init=nn.initializers.truncated_normal(0.02))  # this network's kernel init
 SHIFT_MASK = -100.0  # Swin's shifted-window mask value (not -inf)
 BICUBIC_A = -0.75
 
@@ -50,21 +52,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
-
-def _init(init, names):
-    return nn.with_logical_partitioning(init, names)
-
-
-def _dense(features, names, *, use_bias=True, dtype=jnp.float32, name=None):
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=_init(nn.initializers.truncated_normal(0.02), names),
-                    bias_init=_init(nn.initializers.zeros_init(), (names[-1],)))
-
-
-def _layer_norm(name=None, dtype=jnp.float32):
-    return nn.LayerNorm(epsilon=LN_EPS, name=name, dtype=dtype,
-                        scale_init=_init(nn.initializers.ones_init(), ("norm",)),
-                        bias_init=_init(nn.initializers.zeros_init(), ("norm",)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,7 +214,7 @@ class WindowAttention(nn.Module):
     def __call__(self, x, mask=None):
         n_windows_b, n, c = x.shape
         head_dim = c // self.heads
-        table = self.param("relative_position_bias_table", _init(nn.initializers.truncated_normal(0.02),
+        table = self.param("relative_position_bias_table", partitioned(nn.initializers.truncated_normal(0.02),
                                                                   ("pos", "heads")),
                            ((2 * self.window - 1) ** 2, self.heads))
         qkv = _dense(3 * c, ("embed", "heads"), dtype=self.dtype, name="qkv")(x)
@@ -259,7 +246,7 @@ class SwinBlock(nn.Module):
         h, w = self.resolution
         window, shift = effective_window(self.resolution, self.window, self.shift)
         b, _, c = x.shape
-        y = _layer_norm("norm1", self.dtype)(x).reshape(b, h, w, c)
+        y = layer_norm(LN_EPS, dtype=self.dtype, name="norm1")(x).reshape(b, h, w, c)
         if shift:
             y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
         mask = _shift_mask(h, w, window, shift) if shift else None
@@ -268,7 +255,7 @@ class SwinBlock(nn.Module):
         if shift:
             y = jnp.roll(y, (shift, shift), axis=(1, 2))
         x = x + y.reshape(b, h * w, c)
-        y = _layer_norm("norm2", self.dtype)(x)
+        y = layer_norm(LN_EPS, dtype=self.dtype, name="norm2")(x)
         y = jax.nn.gelu(_dense(int(self.dim * self.mlp_ratio), ("embed", "mlp"), dtype=self.dtype, name="fc1")(y),
                         approximate=False)
         return x + _dense(self.dim, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)
@@ -286,7 +273,7 @@ class PatchMerging(nn.Module):
         b, _, c = x.shape
         x = x.reshape(b, h, w, c)
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-        x = _layer_norm("norm", self.dtype)(x.reshape(b, -1, 4 * c))
+        x = layer_norm(LN_EPS, dtype=self.dtype, name="norm")(x.reshape(b, -1, 4 * c))
         return _dense(2 * self.dim, ("mlp", "embed"), use_bias=False, dtype=self.dtype, name="reduction")(x)
 
 
@@ -315,17 +302,18 @@ class HTSAT(nn.Module):
     @nn.compact
     def __call__(self, logmel):
         x = nn.BatchNorm(use_running_average=True, axis=-1, epsilon=BN_EPS, name="bn0",
-                         scale_init=_init(nn.initializers.ones_init(), ("norm",)),
-                         bias_init=_init(nn.initializers.zeros_init(), ("norm",)))(logmel)
+                         scale_init=partitioned(nn.initializers.ones_init(), ("norm",)),
+                         bias_init=partitioned(nn.initializers.zeros_init(), ("norm",)))(logmel)
         image = spectrogram_image(x, self.spec_size, self.freq_ratio)
         stride = tuple(self.patch_stride)
         pad = [((self.patch_size - s) // 2,) * 2 for s in stride]
         x = nn.Conv(self.embed_dim, (self.patch_size,) * 2, strides=stride, padding=pad, dtype=self.dtype,
                     name="patch_embed_proj",
-                    kernel_init=_init(nn.initializers.lecun_normal(), ("kernel", "kernel", "conv_in", "conv_out")),
-                    bias_init=_init(nn.initializers.zeros_init(), ("conv_out",)))(image.astype(self.dtype))
+                    kernel_init=partitioned(nn.initializers.lecun_normal(),
+                                            ("kernel", "kernel", "conv_in", "conv_out")),
+                    bias_init=partitioned(nn.initializers.zeros_init(), ("conv_out",)))(image.astype(self.dtype))
         b, gh, gw, _ = x.shape
-        x = _layer_norm("patch_embed_norm", self.dtype)(x.reshape(b, gh * gw, self.embed_dim))
+        x = layer_norm(LN_EPS, dtype=self.dtype, name="patch_embed_norm")(x.reshape(b, gh * gw, self.embed_dim))
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
             dim, res = self.embed_dim * 2 ** i, (gh // 2 ** i, gw // 2 ** i)
             for j in range(depth):
@@ -333,13 +321,14 @@ class HTSAT(nn.Module):
                               self.mlp_ratio, self.dtype, name=f"layers_{i}_blocks_{j}")(x)
             if i < len(self.depths) - 1:
                 x = PatchMerging(dim, res, self.dtype, name=f"layers_{i}_downsample")(x)
-        x = _layer_norm("norm", self.dtype)(x)
+        x = layer_norm(LN_EPS, dtype=self.dtype, name="norm")(x)
         if self.is_initializing():
             # The AudioSet classifier is part of the checkpoint; create its weights, never apply them.
             freq_rows = self.spec_size // 2 ** (len(self.depths) - 1) // stride[0] // self.freq_ratio
             nn.Conv(self.num_classes, (freq_rows, 3), name="tscam_conv",
-                    kernel_init=_init(nn.initializers.lecun_normal(), ("kernel", "kernel", "conv_in", "conv_out")),
-                    bias_init=_init(nn.initializers.zeros_init(), ("conv_out",)))(
+                    kernel_init=partitioned(nn.initializers.lecun_normal(),
+                                            ("kernel", "kernel", "conv_in", "conv_out")),
+                    bias_init=partitioned(nn.initializers.zeros_init(), ("conv_out",)))(
                 jnp.zeros((1, freq_rows, 3, self.num_features)))
             _dense(self.num_classes, ("embed", "mlp"), name="head")(jnp.zeros((1, self.num_classes)))
         return image, jnp.mean(x, axis=1)

@@ -16,6 +16,7 @@ Layouts: ids [B, L]; images [B, S, S, 3]; videos [B, F, S, S, 3] (pixels already
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -24,8 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from codi_jax.models.attention import dot_product_attention
+from codi_jax.models.layers import dense, layer_norm, partitioned
 
 LN_EPS = 1e-5  # the modified HF copy builds every LayerNorm with torch's default, ignoring the config eps
+_dense = functools.partial(dense, kernel_init=nn.initializers.lecun_normal())  # this network's kernel init
 TEMPORAL_VAR_FLOOR = 1e-5  # fp32 floor of the temporal norms' variance (replaces an added eps)
 TEMPORAL_TABLE_LEN = 30  # rows of the unused pos / frame-rate tables
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -40,22 +43,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
                  image_size=28, patch_size=7, vision_width=32, vision_layers=2, vision_heads=4, vision_mlp=64,
                  projection_dim=24),
 }
-
-
-def _init(init, names):
-    return nn.with_logical_partitioning(init, names)
-
-
-def _dense(features, names, *, use_bias=True, dtype=jnp.float32, kernel_init=None, name=None):
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=_init(kernel_init or nn.initializers.lecun_normal(), names),
-                    bias_init=_init(nn.initializers.zeros_init(), (names[-1],)))
-
-
-def _layer_norm(name=None, dtype=jnp.float32):
-    return nn.LayerNorm(epsilon=LN_EPS, name=name, dtype=dtype,
-                        scale_init=_init(nn.initializers.ones_init(), ("norm",)),
-                        bias_init=_init(nn.initializers.zeros_init(), ("norm",)))
 
 
 def quick_gelu(x):
@@ -133,11 +120,11 @@ class TemporalAttention(nn.Module):
         n, frames, _ = x.shape
         head_dim = self.width // self.heads
         inner = head_dim * self.heads
-        g = self.param("norm_g", _init(nn.initializers.ones_init(), ("norm",)), (self.width,))
+        g = self.param("norm_g", partitioned(nn.initializers.ones_init(), ("norm",)), (self.width,))
         # Held for checkpoint parity only: CoDi never passes the frame rate that would add them.
-        self.param("pos_embeds", _init(nn.initializers.normal(1.0), ("pos", "embed")),
+        self.param("pos_embeds", partitioned(nn.initializers.normal(1.0), ("pos", "embed")),
                    (TEMPORAL_TABLE_LEN, self.width))
-        self.param("frame_rate_embeds", _init(nn.initializers.normal(1.0), ("pos", "embed")),
+        self.param("frame_rate_embeds", partitioned(nn.initializers.normal(1.0), ("pos", "embed")),
                    (TEMPORAL_TABLE_LEN, self.width))
         h = _floored_norm(x, axis=1, scale=g)  # axis 1 is the frame axis: the original's quirk
         q = _dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="to_q")(h)
@@ -164,7 +151,7 @@ class TemporalFeedForward(nn.Module):
         h = _dense(2 * inner, ("embed", "mlp"), use_bias=False, dtype=self.dtype, name="proj_in")(x)
         value, gate = jnp.split(h, 2, axis=-1)
         h = value * jax.nn.gelu(gate, approximate=False)
-        g = self.param("norm_g", _init(nn.initializers.ones_init(), ("norm",)), (inner,))
+        g = self.param("norm_g", partitioned(nn.initializers.ones_init(), ("norm",)), (inner,))
         h = _floored_norm(h, axis=-1, scale=g)
         return _dense(self.width, ("mlp", "embed"), use_bias=False, dtype=self.dtype, name="proj_out",
                       kernel_init=nn.initializers.zeros_init())(h)
@@ -196,7 +183,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, bias=None, frames: int | None = None):
         x = x + SelfAttention(self.width, self.heads, self.dtype, self.attn_impl, name="self_attn")(
-            _layer_norm("layer_norm1", self.dtype)(x), bias)
+            layer_norm(LN_EPS, dtype=self.dtype, name="layer_norm1")(x), bias)
         if self.temporal:
             temporal = SpatioTemporalAttention(self.width, self.heads, self.dtype, self.attn_impl,
                                                name="temporal_self_attn")
@@ -208,7 +195,8 @@ class EncoderLayer(nn.Module):
             elif self.is_initializing():
                 # Create the temporal weights even when the model is initialised on images.
                 temporal(jnp.zeros((1, 2, self.width), x.dtype))
-        return x + MLP(self.width, self.mlp, self.dtype, name="mlp")(_layer_norm("layer_norm2", self.dtype)(x))
+        h = layer_norm(LN_EPS, dtype=self.dtype, name="layer_norm2")(x)
+        return x + MLP(self.width, self.mlp, self.dtype, name="mlp")(h)
 
 
 class TextTransformer(nn.Module):
@@ -226,15 +214,15 @@ class TextTransformer(nn.Module):
         """ids [B, L] -> (final-LN hidden states [B, L, C], pooled [B, C] at argmax(ids))."""
         length = ids.shape[1]
         tok = nn.Embed(self.vocab_size, self.width, name="token_embedding",
-                       embedding_init=_init(nn.initializers.normal(0.02), ("vocab", "embed")))
-        pos = self.param("position_embedding", _init(nn.initializers.normal(0.01), ("pos", "embed")),
+                       embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
+        pos = self.param("position_embedding", partitioned(nn.initializers.normal(0.01), ("pos", "embed")),
                          (self.max_positions, self.width))
         x = (tok(ids) + pos[:length]).astype(self.dtype)
         causal = jnp.where(jnp.tril(jnp.ones((length, length), bool)), 0.0, -jnp.inf).astype(jnp.float32)
         for i in range(self.layers):
             x = EncoderLayer(self.width, self.heads, self.mlp, dtype=self.dtype, attn_impl=self.attn_impl,
                              name=f"layers_{i}")(x, causal)
-        x = _layer_norm("final_layer_norm", self.dtype)(x)
+        x = layer_norm(LN_EPS, dtype=self.dtype, name="final_layer_norm")(x)
         # EOS is the largest id, so argmax finds the first EOS (padding is EOS too).
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(ids, axis=-1)]
         return x, pooled
@@ -263,22 +251,22 @@ class VisionTransformer(nn.Module):
         n = pixels.shape[0]
         patches = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2, padding="VALID",
                           use_bias=False, dtype=self.dtype, name="patch_embedding",
-                          kernel_init=_init(nn.initializers.lecun_normal(),
+                          kernel_init=partitioned(nn.initializers.lecun_normal(),
                                             ("kernel", "kernel", "conv_in", "conv_out")))(pixels)
         patches = patches.reshape(n, -1, self.width)
-        cls = self.param("class_embedding", _init(nn.initializers.normal(self.width ** -0.5), ("embed",)),
+        cls = self.param("class_embedding", partitioned(nn.initializers.normal(self.width ** -0.5), ("embed",)),
                          (self.width,))
         num_positions = (self.image_size // self.patch_size) ** 2 + 1
-        pos = self.param("position_embedding", _init(nn.initializers.normal(0.02), ("pos", "embed")),
+        pos = self.param("position_embedding", partitioned(nn.initializers.normal(0.02), ("pos", "embed")),
                          (num_positions, self.width))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(patches.dtype), (n, 1, self.width)), patches], axis=1)
-        x = _layer_norm("pre_layrnorm", self.dtype)((x + pos).astype(self.dtype))
+        x = layer_norm(LN_EPS, dtype=self.dtype, name="pre_layrnorm")((x + pos).astype(self.dtype))
         for i in range(self.layers):
             x = EncoderLayer(self.width, self.heads, self.mlp, self.temporal, self.dtype, self.attn_impl,
                              name=f"layers_{i}")(x, frames=frames)
         if frames is not None:
             x = jnp.mean(x.reshape((n // frames, frames) + x.shape[1:]), axis=1)
-        return x, _layer_norm("post_layernorm", self.dtype)(x[:, 0])
+        return x, layer_norm(LN_EPS, dtype=self.dtype, name="post_layernorm")(x[:, 0])
 
 
 class CLIP(nn.Module):
@@ -309,7 +297,7 @@ class CLIP(nn.Module):
         self.text_projection = _dense(self.projection_dim, ("embed", "mlp"), use_bias=False, dtype=self.dtype)
         self.visual_projection = _dense(self.projection_dim, ("embed", "mlp"), use_bias=False, dtype=self.dtype)
         # Part of the released weights (contrastive temperature); CoDi's encoders never read it.
-        self.logit_scale = self.param("logit_scale", _init(nn.initializers.constant(LOGIT_SCALE_INIT), ()), ())
+        self.logit_scale = self.param("logit_scale", partitioned(nn.initializers.constant(LOGIT_SCALE_INIT), ()), ())
 
     def __call__(self, input_ids, pixels):
         """Both towers at once (what `init` traces): (text embed, image-or-video embed)."""

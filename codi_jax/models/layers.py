@@ -38,28 +38,41 @@ Dtype = jnp.dtype
 DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _partitioned(init, names: Sequence[str]):
+def partitioned(init, names: Sequence[str]):
+    """`init` whose parameter carries the logical axis `names` (the sharding rules map them to mesh axes)."""
     return nn.with_logical_partitioning(init, tuple(names))
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, zero_init: bool = False,
-          dtype=jnp.float32, name: str | None = None) -> nn.Dense:
-    """A Dense layer whose kernel [in, out] carries `axes` and whose bias carries axes[1]."""
-    kernel_init = nn.initializers.zeros_init() if zero_init else DEFAULT_INIT
+          kernel_init=None, dtype=jnp.float32, name: str | None = None) -> nn.Dense:
+    """A Dense layer whose kernel [in, out] carries `axes` and whose bias carries axes[1]; the kernel drawn
+    from `kernel_init` (default: PyTorch's Linear init), zeros with `zero_init`."""
+    kernel_init = nn.initializers.zeros_init() if zero_init else kernel_init or DEFAULT_INIT
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=_partitioned(kernel_init, axes),
-                    bias_init=_partitioned(nn.initializers.zeros_init(), (axes[1],)), name=name)
+                    kernel_init=partitioned(kernel_init, axes),
+                    bias_init=partitioned(nn.initializers.zeros_init(), (axes[1],)), name=name)
 
 
-def conv(features: int, kernel_size: int = 3, *, stride: int = 1, zero_init: bool = False,
-         dtype=jnp.float32, name: str | None = None) -> nn.Conv:
-    """A 2-D conv with PyTorch's symmetric `kernel_size // 2` padding; HWIO kernel."""
+def conv(features: int, kernel_size: int = 3, *, stride: int = 1, padding=None, zero_init: bool = False,
+         kernel_init=None, dtype=jnp.float32, name: str | None = None) -> nn.Conv:
+    """A 2-D conv, HWIO kernel carrying (kernel, kernel, conv_in, conv_out); `padding` defaults to PyTorch's
+    symmetric `kernel_size // 2`, the kernel init as `dense`'s."""
     pad = kernel_size // 2
-    kernel_init = nn.initializers.zeros_init() if zero_init else DEFAULT_INIT
+    kernel_init = nn.initializers.zeros_init() if zero_init else kernel_init or DEFAULT_INIT
     return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=_partitioned(kernel_init, ("kernel", "kernel", "conv_in", "conv_out")),
-                   bias_init=_partitioned(nn.initializers.zeros_init(), ("conv_out",)), name=name)
+                   padding=((pad, pad), (pad, pad)) if padding is None else padding, dtype=dtype,
+                   param_dtype=jnp.float32,
+                   kernel_init=partitioned(kernel_init, ("kernel", "kernel", "conv_in", "conv_out")),
+                   bias_init=partitioned(nn.initializers.zeros_init(), ("conv_out",)), name=name)
+
+
+def layer_norm(epsilon: float, *, exact_variance: bool = False, dtype=jnp.float32,
+               name: str | None = None) -> nn.LayerNorm:
+    """flax's LayerNorm with scale and bias on the `norm` axis; `exact_variance` takes the two-pass variance
+    (as torch), where E[x^2] - E[x]^2 would drift (GPT-2's large activations)."""
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=not exact_variance, name=name,
+                        scale_init=partitioned(nn.initializers.ones_init(), ("norm",)),
+                        bias_init=partitioned(nn.initializers.zeros_init(), ("norm",)))
 
 
 def timestep_embedding(t, dim: int):
@@ -109,8 +122,8 @@ class GroupNorm32(nn.Module):
         channels = x.shape[-1]
         if channels % self.groups:
             raise ValueError(f"GroupNorm32 needs channels divisible by {self.groups}, got {channels}")
-        scale = self.param("scale", _partitioned(nn.initializers.ones_init(), ("norm",)), (channels,))
-        bias = self.param("bias", _partitioned(nn.initializers.zeros_init(), ("norm",)), (channels,))
+        scale = self.param("scale", partitioned(nn.initializers.ones_init(), ("norm",)), (channels,))
+        bias = self.param("bias", partitioned(nn.initializers.zeros_init(), ("norm",)), (channels,))
         xf = x.astype(jnp.float32).reshape(x.shape[:-1] + (self.groups, channels // self.groups))
         axes = tuple(range(1, xf.ndim - 2)) + (xf.ndim - 1,)
         mean = jnp.mean(xf, axis=axes, keepdims=True)
@@ -127,8 +140,8 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
-        scale = self.param("scale", _partitioned(nn.initializers.ones_init(), ("norm",)), (channels,))
-        bias = self.param("bias", _partitioned(nn.initializers.zeros_init(), ("norm",)), (channels,))
+        scale = self.param("scale", partitioned(nn.initializers.ones_init(), ("norm",)), (channels,))
+        bias = self.param("bias", partitioned(nn.initializers.zeros_init(), ("norm",)), (channels,))
         xf = x.astype(jnp.float32)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from codi_jax.models.attention import dot_product_attention
+from codi_jax.models import layers
 
 Dtype = Any
 TEXT_SCALE = 4.3108
@@ -43,15 +44,12 @@ MAX_DECODE_LENGTH = 30
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, use_bias: bool = True,
            std: float = 0.02):
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+    return layers.dense(features, axes, use_bias=use_bias, kernel_init=nn.initializers.normal(std), dtype=dtype,
+                        name=name)
 
 
 def _layer_norm(eps: float, name: str, dtype: Dtype):
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
+    return layers.layer_norm(eps, exact_variance=True, dtype=dtype, name=name)
 
 
 def _embed(num: int, features: int, axes: tuple[str, str], name: str, dtype: Dtype):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from codi_jax.models import unet_common
 from codi_jax.models.layers import (Downsample, GroupNorm32, ResBlock, SpatialTransformer, TimeEmbed,
                                     Upsample, conv)
 from codi_jax.models.temporal import MAX_FRAMES, NORMS, SpatioTemporalAttention
@@ -281,12 +282,7 @@ class UNet2D(nn.Module):
         if x.shape[-3] % factor or x.shape[-2] % factor:
             raise ValueError(f"spatial size {x.shape[-3:-1]} must be divisible by {factor} "
                              f"({len(self.channel_mult)} levels)")
-        t = jnp.asarray(t)
-        if t.ndim == 0:
-            t = jnp.broadcast_to(t, (x.shape[0],))
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"timesteps must have shape [{x.shape[0]}] (one per sample), got {t.shape}")
-        return t
+        return unet_common.check_timesteps(x, t)
 
     def _frames(self, fn, h):
         if h.ndim == 5:
@@ -298,51 +294,21 @@ class UNet2D(nn.Module):
         """eps with the shape of x. joint_context None skips the connectors (single-output generation);
         aliased_skip reproduces the released wrapper, whose first decoder block sees cat([mid, mid])."""
         t = self._check_x(x, t)
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.context_dim:
-            raise ValueError(f"context must be [{x.shape[0]}, L, {self.context_dim}], got {context.shape}")
         emb = self.time_embed(t)
-        if joint_context is not None:
-            if not self.joint:
-                raise ValueError("joint_context given but this UNet has no joint connectors (joint=False)")
-            if joint_context.shape != (x.shape[0], 1, self.connector_dim):
-                raise ValueError(f"joint_context must be [{x.shape[0]}, 1, {self.connector_dim}], "
-                                 f"got {joint_context.shape}")
-        elif self.joint and self.is_initializing():
-            joint_context = self.env(x, emb)  # creates V's and the connectors' parameters at init
-
-        h = self._frames(self.input_blocks[0], x)
-        skips = [h]
-        for i, block in enumerate(self.input_blocks[1:], start=1):
-            h = block(h, emb, context)
-            if joint_context is not None and str(i) in self.input_connectors:
-                h = self.input_connectors[str(i)](h, emb, joint_context)
-            skips.append(h)
-        h = self.middle_block(h, emb, context)
-        if aliased_skip:
-            skips[-1] = h
-        for i, block in enumerate(self.output_blocks):
-            h = block(jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1), emb, context)
-            if joint_context is not None and str(i) in self.output_connectors:
-                h = self.output_connectors[str(i)](h, emb, joint_context)
+        joint_context = unet_common.check_contexts(self, x, emb, context, joint_context)
+        h = unet_common.walk(self, self._frames(self.input_blocks[0], x), emb, context, joint_context, aliased_skip)
         h = self._frames(lambda a: self.out_conv(nn.silu(self.out_norm(a))), h)
         return h.astype(jnp.float32)
 
     def env_encode(self, x, t):
         """V(x) with this UNet's time embedding: [B, 1, connector_dim], unit L2 norm."""
-        if not self.joint:
-            raise ValueError("env_encode needs the environment encoder (joint=True)")
-        t = self._check_x(x, t)
-        return self.env(x, self.time_embed(t))
+        return unet_common.env_encode(self, x, t)
 
 
 def build(variant: str | dict, **overrides) -> UNet2D:
     """UNet2D from a preset name in CONFIGS or an explicit kwargs dict; overrides (dtype, remat_policy,
     attn_impl, ...) win."""
-    if isinstance(variant, str):
-        if variant not in CONFIGS:
-            raise ValueError(f"unknown UNet2D variant {variant!r}; expected one of {sorted(CONFIGS)}")
-        variant = CONFIGS[variant]
-    kwargs = {**dict(variant), **overrides}
+    kwargs = {**unet_common.preset(variant, CONFIGS, "UNet2D"), **overrides}
     if kwargs.get("temporal_norm", "frames") not in NORMS:  # checked here so a bad config fails before init
         raise ValueError(f"unknown temporal_norm {kwargs['temporal_norm']!r}; expected one of {sorted(NORMS)}")
     return UNet2D(**kwargs)
@@ -359,20 +325,8 @@ _OFFICIAL_NAMES = {
 
 
 def from_official(args: dict, **overrides) -> UNet2D:
-    """UNet2D from the official `UNetModel2D` constructor arguments (config.json / yaml `args`).
-
-    `use_checkpoint` is the official gradient-checkpointing switch; it maps to remat "full".
-    """
-    kwargs = {}
-    for key, value in args.items():
-        if key == "use_checkpoint":
-            kwargs["remat_policy"] = "full" if value else "none"
-        elif key in _OFFICIAL_NAMES:
-            kwargs[_OFFICIAL_NAMES[key]] = tuple(value) if isinstance(value, list) else value
-        else:
-            raise ValueError(f"unknown UNetModel2D argument {key!r}")
-    kwargs.setdefault("video", False)
-    kwargs.setdefault("joint", True)
+    """UNet2D from the official `UNetModel2D` constructor arguments (config.json / yaml `args`)."""
+    kwargs = {"video": False, "joint": True, **unet_common.official_kwargs(args, _OFFICIAL_NAMES, "UNetModel2D")}
     return build(kwargs, **overrides)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from codi_jax.models import unet_common
 from codi_jax.models.layers import GroupNorm32, SpatialTransformer, TimeEmbed, dense
 from codi_jax.models.unet import REMAT_POLICIES, group_mask, group_sizes, param_groups  # noqa: F401  (same groups)
 from codi_jax.parallel.partitioning import with_constraint
@@ -278,64 +279,28 @@ class UNetText(nn.Module):
     def _check_x(self, x, t):
         if x.ndim != 2 or x.shape[-1] != self.in_channels:
             raise ValueError(f"UNetText expects x [B, {self.in_channels}], got shape {x.shape}")
-        t = jnp.asarray(t)
-        if t.ndim == 0:
-            t = jnp.broadcast_to(t, (x.shape[0],))
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"timesteps must have shape [{x.shape[0]}] (one per sample), got {t.shape}")
-        return t
+        return unet_common.check_timesteps(x, t)
 
     def __call__(self, x, t, context, joint_context=None, aliased_skip: bool = False):
         """eps [B, out_channels]. joint_context None skips the connectors (single-output generation);
         aliased_skip reproduces the released wrapper, whose first decoder block sees cat([mid, mid])."""
         t = self._check_x(x, t)
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.context_dim:
-            raise ValueError(f"context must be [{x.shape[0]}, L, {self.context_dim}], got {context.shape}")
         emb = self.time_embed(t)
-        if joint_context is not None:
-            if not self.joint:
-                raise ValueError("joint_context given but this UNet has no joint connectors (joint=False)")
-            if joint_context.shape != (x.shape[0], 1, self.connector_dim):
-                raise ValueError(f"joint_context must be [{x.shape[0]}, 1, {self.connector_dim}], "
-                                 f"got {joint_context.shape}")
-        elif self.joint and self.is_initializing():
-            joint_context = self.env(x, emb)  # creates V's and the connectors' parameters at init
-
-        h = self.input_blocks[0](x)
-        skips = [h]
-        for i, block in enumerate(self.input_blocks[1:], start=1):
-            h = block(h, emb, context)
-            if joint_context is not None and str(i) in self.input_connectors:
-                h = self.input_connectors[str(i)](h, emb, joint_context)
-            skips.append(h)
-        h = self.middle_block(h, emb, context)
-        if aliased_skip:
-            skips[-1] = h
-        for i, block in enumerate(self.output_blocks):
-            # Channel-major flat vectors: concatenating them concatenates channels at every position.
-            h = block(jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1), emb, context)
-            if joint_context is not None and str(i) in self.output_connectors:
-                h = self.output_connectors[str(i)](h, emb, joint_context)
+        joint_context = unet_common.check_contexts(self, x, emb, context, joint_context)
+        h = unet_common.walk(self, self.input_blocks[0](x), emb, context, joint_context, aliased_skip)
         c = self.model_channels * self.channel_mult[0]
         h = from_tokens(nn.silu(self.out_norm(to_tokens(h, c)[:, :, 0])))
         return self.out_proj(h).astype(jnp.float32)
 
     def env_encode(self, x, t):
         """V(x) with this UNet's time embedding: [B, 1, connector_dim], unit L2 norm."""
-        if not self.joint:
-            raise ValueError("env_encode needs the environment encoder (joint=True)")
-        t = self._check_x(x, t)
-        return self.env(x, self.time_embed(t))
+        return unet_common.env_encode(self, x, t)
 
 
 def build(variant: str | dict, **overrides) -> UNetText:
     """UNetText from a preset name in CONFIGS or an explicit kwargs dict; overrides (dtype, remat_policy,
     attn_impl, ...) win."""
-    if isinstance(variant, str):
-        if variant not in CONFIGS:
-            raise ValueError(f"unknown UNetText variant {variant!r}; expected one of {sorted(CONFIGS)}")
-        variant = CONFIGS[variant]
-    return UNetText(**{**dict(variant), **overrides})
+    return UNetText(**{**unet_common.preset(variant, CONFIGS, "UNetText"), **overrides})
 
 
 _OFFICIAL_NAMES = {
@@ -349,17 +314,7 @@ _OFFICIAL_NAMES = {
 
 
 def from_official(args: dict, **overrides) -> UNetText:
-    """UNetText from the official `UNetModel0D_MultiDim` constructor arguments (config.json / yaml `args`).
-
-    `use_checkpoint` is the official gradient-checkpointing switch; it maps to remat "full".
-    The official defaults fill what `args` leaves out (init_connector defaults to True there).
-    """
-    kwargs = {"joint": True}
-    for key, value in args.items():
-        if key == "use_checkpoint":
-            kwargs["remat_policy"] = "full" if value else "none"
-        elif key in _OFFICIAL_NAMES:
-            kwargs[_OFFICIAL_NAMES[key]] = tuple(value) if isinstance(value, list) else value
-        else:
-            raise ValueError(f"unknown UNetModel0D_MultiDim argument {key!r}")
+    """UNetText from the official `UNetModel0D_MultiDim` constructor arguments (config.json / yaml `args`);
+    the official defaults fill what `args` leaves out (init_connector defaults to True there)."""
+    kwargs = {"joint": True, **unet_common.official_kwargs(args, _OFFICIAL_NAMES, "UNetModel0D_MultiDim")}
     return build(kwargs, **overrides)

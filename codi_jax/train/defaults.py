@@ -5,11 +5,9 @@ sections (`model`, `data`, `objectives`, `losses`, `init_from` entries).
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
+from codi_jax import config_files
 from codi_jax.parallel.partitioning import DEFAULT_RULES
 
 
@@ -61,13 +59,7 @@ def probe_config(kind: str, every_steps: int = 0, num_examples: int = 32, **extr
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:variant]` -> its get_config(variant), as `--config` reads it."""
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    if module_spec is None or not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+    return config_files.load(spec)
 
 
 def shapes_tones_data(objectives, *, resolution: int, text_lengths: dict | None = None, num_frames: int = 8,

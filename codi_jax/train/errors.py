@@ -1,8 +1,5 @@
 """Errors the trainer reports to the user in one line (the entry point maps them to exit codes)."""
-
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or inconsistent (exit code 2, before any work)."""
+from codi_jax.errors import ConfigError  # noqa: F401  (the trainer's exit-2 error is everyone's)
 
 
 class NonFiniteError(FloatingPointError):

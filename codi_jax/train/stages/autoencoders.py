@@ -42,10 +42,11 @@ from codi_jax.data import mel, pipeline, tokenizers
 from codi_jax.eval import probes
 from codi_jax.models import discriminators, optimus
 from codi_jax.models.discriminators import HifiGanDiscriminator, PatchDiscriminator
+from codi_jax.models.networks import Networks
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages import adversarial
 from codi_jax.train.stages.base import Pretrained, Stage, require_choice
-from codi_jax.train.stages.components import Networks, trainable_predicate
+from codi_jax.train.stages.components import trainable_predicate
 
 AUTOENCODERS = ("image_vae", "audio_vae", "vocoder", "optimus")
 NEEDS = {"image_vae": ("image",), "audio_vae": ("audio",), "vocoder": ("audio",), "optimus": ("text",)}

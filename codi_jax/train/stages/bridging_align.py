@@ -19,9 +19,10 @@ import jax.numpy as jnp
 from codi_jax.data import pipeline, tokenizers
 from codi_jax.eval import probes
 from codi_jax.models.catalogue import MODALITIES
+from codi_jax.models.networks import Networks
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.base import Pretrained, Stage
-from codi_jax.train.stages.components import Networks, PromptEncoders, has_input, media_shapes, trainable_predicate
+from codi_jax.train.stages.components import PromptEncoders, has_input, media_shapes, trainable_predicate
 from codi_jax.train.stages.contrastive import INIT_LOGIT_SCALE, info_nce
 
 

@@ -16,7 +16,6 @@ temporal, everything else "all"; the `batch_stats` collection is never trainable
 """
 from __future__ import annotations
 
-import importlib
 import re
 
 import jax
@@ -24,8 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from codi_jax.models import catalogue, clap, clip, optimus, unet
-from codi_jax.models.catalogue import LATENT_CODER_OF, LATENT_CODERS, MODALITIES, NAMES as COMPONENTS, UNETS
+from codi_jax import checkpoints
+from codi_jax.models import unet
+from codi_jax.models.networks import Networks
+from codi_jax.models.catalogue import LATENT_CODER_OF, LATENT_CODERS, MODALITIES, UNETS
 from codi_jax.models.clip_preprocess import OPENAI_MEAN, OPENAI_STD
 from codi_jax.train.errors import ConfigError
 
@@ -33,45 +34,10 @@ from codi_jax.train.errors import ConfigError
 PROMPT_KEY = {"image": "image", "video": "video", "audio": "audio", "text": "text_ids/clip"}
 LATENT_KEY = {"image": "image", "video": "video", "audio": "audio", "text": "text_ids/bert"}
 
-# Which constructor options each network takes from the trainer's dtype / remat_policy / attn_impl (CLAP's
-# 64-token windows and GPT-2's cached decoding keep their own attention: no kernel serves them).
-_TAKES_REMAT = set(UNETS)
-_TAKES_ATTN_IMPL = set(UNETS) | {"clip", "optimus"}
-
-
-def _to_dict(value) -> dict:
-    return value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
-
-
-def build(name: str, spec, *, dtype, remat_policy: str, attn_impl: str = "xla"):
-    """One network from `{variant, overrides}`; ConfigError for an unknown component or preset."""
-    if name not in COMPONENTS:
-        raise ConfigError(f"unknown component {name!r}; expected one of {list(COMPONENTS)}")
-    variant, overrides = spec.variant, _to_dict(spec.get("overrides"))
-    try:
-        if name == "optimus":
-            preset = dict(optimus.CONFIGS[variant]) if isinstance(variant, str) else dict(variant)
-            for part in ("encoder", "decoder"):
-                preset[part] = {**preset[part], **overrides.get(part, {})}
-            preset.update({k: v for k, v in overrides.items() if k not in ("encoder", "decoder")})
-            return optimus.build(preset, dtype=dtype, attn_impl=attn_impl)
-        extra = {"dtype": dtype}
-        if name in _TAKES_REMAT:
-            extra["remat_policy"] = remat_policy
-        if name in _TAKES_ATTN_IMPL:
-            extra["attn_impl"] = attn_impl
-        builder = importlib.import_module(f"codi_jax.models.{catalogue.NETWORKS[name].module}").build
-        return builder(variant, **overrides, **extra)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"config.model.{name}: {e}") from None
-
-
 def with_measured_scales(model_config, autoencoders_workdir: str):
     """`model_config` with the latent scale (`overrides.scale_factor`) of every coder whose spec says
     `latent_scale: "measured"` taken from the autoencoders run that trained it (its checkpoint's
     `measured.latent_scale`, 1 / the rms of its latents); other coders keep their configured scale."""
-    from codi_jax.train import handoff
-
     wanted = [n for n in LATENT_CODERS if n in model_config and model_config[n].get("latent_scale") == "measured"]
     if not wanted:
         return model_config
@@ -80,34 +46,11 @@ def with_measured_scales(model_config, autoencoders_workdir: str):
                           "(the run that measured it)")
     resolved = ml_collections.ConfigDict(model_config.to_dict())
     for name in wanted:
-        scale = handoff.measured_latent_scale(autoencoders_workdir, name)
+        scale = checkpoints.measured_latent_scale(autoencoders_workdir, name)
         if scale is None:
             raise ConfigError(f"init_from.autoencoders {autoencoders_workdir} measured no latent scale for {name}")
         resolved[name].overrides.scale_factor = scale
     return resolved
-
-
-def init_variables(name: str, module, rng) -> dict:
-    """The network's variables from inputs that create every parameter (video input for unet_image)."""
-    if name == "clip":
-        return module.init(rng, *clip.init_inputs(module))
-    if name == "clap":
-        return module.init(rng, *clap.init_inputs(module))
-    if name in ("image_vae", "audio_vae"):
-        side = 4 * 2 ** len(module.ch_mult)
-        return module.init(rng, jnp.zeros((1, side, side, module.in_channels)))
-    if name == "vocoder":
-        return module.init(rng, jnp.zeros((1, 8, module.num_mels)))
-    if name == "optimus":
-        ids = jnp.zeros((1, 4), jnp.int32)
-        return module.init(rng, ids, ids)
-    t = jnp.zeros((1,), jnp.int32)
-    context = jnp.zeros((1, 1, module.context_dim))
-    if name == "unet_text":
-        return module.init(rng, jnp.zeros((1, module.in_channels)), t, context)
-    side = 2 ** len(module.channel_mult)
-    frames = (2,) if module.video else ()
-    return module.init(rng, jnp.zeros((1,) + frames + (side, side, module.in_channels)), t, context)
 
 
 def param_group(path: str) -> str:
@@ -140,29 +83,6 @@ def trainable_predicate(groups):
         return group in wanted or f"{component}:*" in wanted
 
     return is_trainable
-
-
-class Networks:
-    """The components a stage names, built once; `apply(params, name, *args, method=...)` runs one."""
-
-    def __init__(self, model_config, names, *, dtype, remat_policy: str, attn_impl: str = "xla"):
-        missing = [n for n in names if n not in model_config]
-        if missing:
-            raise ConfigError(f"config.model is missing the component(s) {missing} this stage needs")
-        self.modules = {n: build(n, model_config[n], dtype=dtype, remat_policy=remat_policy, attn_impl=attn_impl)
-                        for n in names}
-
-    def __getitem__(self, name: str):
-        return self.modules[name]
-
-    def init(self, rng) -> dict:
-        keys = jax.random.split(rng, len(self.modules))
-        return {n: init_variables(n, m, k) for (n, m), k in zip(self.modules.items(), keys)}
-
-    def apply(self, params, name: str, *args, method=None, **kwargs):
-        module = self.modules[name]
-        fn = getattr(module, method) if isinstance(method, str) else method
-        return module.apply(params[name], *args, method=fn, **kwargs)
 
 
 def clip_pixels(x, size: int):

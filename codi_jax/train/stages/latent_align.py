@@ -29,10 +29,11 @@ from codi_jax.diffusion.schedule import PREDICTIONS, eps_from_prediction, make_s
 from codi_jax.eval import probes
 from codi_jax.models import codi
 from codi_jax.models.catalogue import LATENT_CODER_OF, PROMPT_ENCODER_OF, UNET_OF
+from codi_jax.models.networks import Networks
 from codi_jax.train.errors import ConfigError
 from codi_jax.train.stages.base import Pretrained, Stage, require_choice
 from codi_jax.train.stages.bridging_align import parse_pair
-from codi_jax.train.stages.components import (LatentCoders, Networks, PromptEncoders, has_input, media_shapes,
+from codi_jax.train.stages.components import (LatentCoders, PromptEncoders, has_input, media_shapes,
                                               with_measured_scales, trainable_predicate)
 from codi_jax.train.stages.contrastive import INIT_LOGIT_SCALE, info_nce
 from codi_jax.train.stages.ldm import Conditioning, check_conditions, guided_sample

@@ -1,0 +1,27 @@
+"""Config files, the form every CLI's --config takes: `path/to/config.py[:variant]` -> its get_config(variant)."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+from codi_jax.errors import ConfigError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load(spec: str):
+    """The config of `FILE[:variant]`, FILE relative to the cwd or else to the repository (so `configs/x.py`
+    works from anywhere in a checkout). ConfigError for a missing file or one without get_config(); what
+    get_config raises (ValueError for an unknown variant) is left to the caller."""
+    path_text, _, variant = str(spec).partition(":")
+    path = pathlib.Path(path_text)
+    if not path.is_file() and (REPO_ROOT / path).is_file():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise ConfigError(f"no such file {path_text}")
+    module_spec = importlib.util.spec_from_file_location(f"_codi_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} has no get_config()")
+    return module.get_config(variant) if variant else module.get_config()
