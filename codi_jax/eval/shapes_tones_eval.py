@@ -18,9 +18,10 @@ A cell is one kind of generation scored over the first N examples of the test sp
 Every cell also reports its seen and unseen (held-out color-shape) examples apart.
 
 Flow (`evaluate`): export the inputs with the data layer's exporter, write one requests.jsonl per
-pipeline, generate through `python -m codi_jax.sample --batch` (called in-process, the same code path),
-read the output files back with the oracle, score, and write results.json and the PNG grid. Output folders that already hold a request.json are not generated again, so an interrupted
-evaluation resumes.
+pipeline, generate through the caller's `generate` (`codi_jax.sample.run_batch`: `python -m codi_jax.sample
+--batch` in-process, the same code path), read the output files back with the oracle, score, and write
+results.json and the PNG grid. Output folders that already hold a request.json are not generated again, so an
+interrupted evaluation resumes.
 """
 from __future__ import annotations
 
