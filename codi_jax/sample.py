@@ -15,7 +15,6 @@ inputs, a missing checkpoint, an --out folder already holding a generation, ...)
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -88,42 +87,6 @@ def load_sampling_config(spec: str):
     return config
 
 
-def _networks(spec) -> dict:
-    """A `models.<component>` entry as plain JSON values (tuples as lists), without the latent scale a run
-    measured and stored in it."""
-    spec = json.loads(json.dumps(spec.to_dict() if hasattr(spec, "to_dict") else spec))
-    spec.pop("latent_scale", None)
-    spec.get("overrides", {}).pop("scale_factor", None)
-    return spec
-
-
-def config_for_checkpoint(path: str):
-    """The sampling config a --checkpoint implies when no --config is given. A workdir converted from the
-    released files: configs/sample.py:full. A training workdir: the configs/sample.py size (tiny, cpu, full)
-    whose networks are the ones its run trained, every component the workdir does not hold taken from the
-    workdirs its run started from (its config.init_from), else from that size's own source."""
-    from codi_jax.checkpoints import saved_config
-
-    workdir, _ = sampling.resolve_checkpoint(path)
-    if (pathlib.Path(workdir) / sampling.RELEASED_MARKER).is_file():
-        return load_config("configs/sample.py:full")
-    saved = saved_config(workdir)
-    trained = saved.get("model", {})
-    for size in ("tiny", "cpu", "full"):
-        config = load_config(f"configs/sample.py:{size}")
-        names = [n for n in config.models if n in trained]
-        if names and all(_networks(trained[n]) == _networks(config.models[n])
-                         for n in names):
-            break
-    else:
-        raise UsageError(f"--checkpoint {path}: its networks ({saved.get('stage', 'unknown stage')}) are none of "
-                         "configs/sample.py's sizes (tiny, cpu, full); give --config")
-    for source in (p for p in saved.get("init_from", {}).values() if isinstance(p, str) and p):
-        for name in sampling.held_components(source):
-            config.components[name] = f"workdir:{source}"
-    return config
-
-
 def _flag_fields(args) -> dict:
     fields = {name: getattr(args, name) for name in ("text", "image", "video", "audio", "weights", "outputs",
                                                      "sampler", "steps", "guidance", "seed")}
@@ -165,7 +128,7 @@ def _setup(args):
     if args.config:
         config = load_sampling_config(args.config)
     elif args.checkpoint:
-        config = config_for_checkpoint(args.checkpoint)
+        config = sampling.config_for_checkpoint(args.checkpoint)
     else:
         config = load_config(f"configs/sample.py:{'tiny' if args.random_init else 'full'}")
     if args.batch_size is not None:

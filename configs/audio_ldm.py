@@ -10,6 +10,8 @@ conditioned on the frozen CLIP text encoding (10% dropout to CLIP("")). Trains t
 Variants:
   tiny  tests / CI: tiny networks, 0.256 s of audio (24 mel frames -> 12x32x8 latents), 30 steps;
         the eps-MSE falls.
+  quickstart  the tiny run README command 1 builds first (configs/latent_align.py): v-prediction and the latent
+        scale measured by its autoencoders run, as cpu; 60 steps.
   cpu   Shapes & Tones, 1.024 s cut to 96 mel frames (12x8x8 latents), the CPU networks, conditioned on text,
         image or video, 1400 steps of 32 at lr 2e-3; generation probe 96.5 % (video -> audio onset the last
         to rise: 86 %).
@@ -31,13 +33,16 @@ def get_config(variant: str = "tiny"):
     c.model.mix_conditions = False
     c.model.also_train_on = ()
     c.init_from.autoencoders, c.init_from.bridging_align = "", ""
-    if variant == "tiny":
+    if variant in ("tiny", "quickstart"):
         c.data = shapes_tones_data(["text_audio"], resolution=16, audio_samples=4096, text_lengths={"clip": 16})
         c.model.audio_frames = 24
         c.total_steps, c.batch_size = 30, 16
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 1000
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
+        if variant == "quickstart":  # what README command 1 builds first: tiny with the cpu recipe's target and scale
+            c.model.prediction, c.model.audio_vae.latent_scale = "v", "measured"
+            c.total_steps = c.checkpoint_every_steps = 60
     elif variant == "cpu":
         cpu_diffusion(c, "audio", ("text", "image", "video"), steps=1400, batch_size=32, learning_rate=2e-3,
                       probe_every=200)
@@ -49,5 +54,6 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 5000
         c.dtype, c.remat_policy = "bfloat16", "dots_saveable"
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/audio_ldm.py; expected tiny, cpu or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/audio_ldm.py; "
+                         "expected tiny, quickstart, cpu or full")
     return c

@@ -12,6 +12,8 @@ reconstructions. Train a single component with e.g. `--config.model.components=i
 Variants:
   tiny  tests / CI: tiny networks, 16 px images, 0.256 s audio, 30 steps (the summed loss falls).
         GAN-free; --config.losses.adversarial=True adds tiny discriminators from step 10.
+  quickstart  the tiny run README command 1 builds first (configs/latent_align.py): 60 steps, the image VAE
+        on the squared error as cpu.
   cpu   the Shapes & Tones run: the CPU networks (codi_jax/train/defaults.py) at 32 px and 1.024 s audio:
         the audio VAE, 500 steps, carrying on Optimus and the image VAE (init_from.autoencoders = a
         cpu_text workdir); no vocoder (the run's sampling inverts mels with Griffin-Lim), GAN-free
@@ -76,13 +78,13 @@ def get_config(variant: str = "tiny"):
     c.model.components = COMPONENTS
     c.model.carried = ()              # components read from init_from.autoencoders and kept untrained
     c.init_from.autoencoders = ""
-    if variant in ("tiny", "cpu"):
-        for name, preset in model_components(COMPONENTS, variant).items():
+    if variant in ("tiny", "quickstart", "cpu"):
+        for name, preset in model_components(COMPONENTS, "cpu" if variant == "cpu" else "tiny").items():
             c.model[name] = preset
         c.model.image_vae_disc = component("tiny")
         c.model.audio_vae_disc = component("audio_tiny")
         c.model.vocoder_disc = component("hifigan_tiny")
-    if variant == "tiny":
+    if variant in ("tiny", "quickstart"):
         c.data = shapes_tones_data(["image_audio_text"], resolution=16, audio_samples=4096,
                                    text_lengths={"bert": 16, "gpt2": 16})
         c.losses = _losses(audio_frames=24, adversarial=False, disc_start=10)
@@ -91,6 +93,10 @@ def get_config(variant: str = "tiny"):
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 30
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
+        if variant == "quickstart":  # what README command 1 builds first; l2 keeps the object's colour (see cpu)
+            c.losses.reconstruction.image_vae = "l2"
+            c.total_steps = c.checkpoint_every_steps = 60
+            c.sample_every_steps = 1000
     elif variant == "cpu":
         c.data = shapes_tones_data(["image_audio_text"], resolution=CPU_RESOLUTION, audio_samples=16384,
                                    text_lengths={"bert": 16, "gpt2": 16})
@@ -129,8 +135,8 @@ def get_config(variant: str = "tiny"):
         c.dtype = "bfloat16"
         c.mesh.data, c.mesh.fsdp = -1, 1
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/autoencoders.py; expected tiny, cpu, cpu_text, "
-                         "cpu_image or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/autoencoders.py; expected tiny, quickstart, "
+                         "cpu, cpu_text, cpu_image or full")
     return c
 
 

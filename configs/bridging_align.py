@@ -16,6 +16,7 @@ Variants:
   cpu_text_video  the Shapes & Tones run's stand-in for CLIP's own pre-training: CLIP's text and video towers
         from scratch on text_video alone, 600 steps of 64: retrieval top-1 on seen captions 100 %, on the
         unseen colour-shape pairs 83.7 % (motion is learned: only videos show it).
+  quickstart  the tiny run README command 1 builds first (configs/latent_align.py): 80 steps.
   cpu   the Shapes & Tones run at 32 px, 8 frames, 1.024 s, 800 steps, the paper's bridge: CLIP's text tower
         frozen at cpu_text_video's (init_from.clip_from), the vision tower, temporal layers and CLAP align to
         it; audio and video also meet directly (audio_video: onset, which no caption states, must survive in
@@ -34,17 +35,21 @@ def get_config(variant: str = "tiny"):
     c = base_config("bridging_align", "./workdirs/bridging_align")
     c.init_from.clip_from = ""  # a workdir whose checkpoint holds `clip` (e.g. converted released weights)
     # tiny / cpu: 32-d embeddings, the tiny UNets' context width; full: the released sizes.
-    c.model.update(model_components(("clip", "clap"), "cpu" if variant.startswith("cpu") else variant))
-    if variant in ("tiny", "cpu", "cpu_text_video"):
+    c.model.update(model_components(("clip", "clap"), "cpu" if variant.startswith("cpu") else
+                                    "tiny" if variant == "quickstart" else variant))
+    if variant in ("tiny", "quickstart", "cpu", "cpu_text_video"):
         c.model.pairs = ("text_audio", "text_video", "text_image")
         c.model.trainable = ("clip:*", "clap:*", "bridge:*")
-    if variant == "tiny":
+    if variant in ("tiny", "quickstart"):
         c.data = shapes_tones_data(["text_image_video_audio"], resolution=16, num_frames=4, audio_samples=4096,
                                    text_lengths={"clip": 16})
         c.total_steps, c.batch_size = 30, 16
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 30
         c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 3
         c.ema_decay = 0.0
+        if variant == "quickstart":  # what README command 1 builds first
+            c.total_steps = c.checkpoint_every_steps = 80
+            c.sample_every_steps = 1000
     elif variant == "cpu_text_video":
         # The CPU run's stand-in for CLIP's pre-training: text and video towers from scratch on text_video alone,
         # so the text tower learns to keep the motion word, which only videos show.
@@ -79,5 +84,6 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 2000
         c.dtype = "bfloat16"
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/bridging_align.py; expected tiny, cpu or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/bridging_align.py; "
+                         "expected tiny, quickstart, cpu or full")
     return c

@@ -11,6 +11,8 @@ latent_align. TensorBoard: eps_mse, and DDIM samples (10 steps, guidance 7.5) as
 
 Variants:
   tiny  tests / CI: tiny networks, 16 px images (8x8 latents), 30 steps; the eps-MSE falls.
+  quickstart  the tiny run README command 1 builds first (configs/latent_align.py): v-prediction and the latent
+        scale measured by its autoencoders run, as cpu; 100 steps.
   cpu   Shapes & Tones at 32 px (8x8x4 latents) on the CPU networks, conditioned on text, video or audio
         (codi_jax/train/defaults.py: cpu_diffusion), 1000 steps of 64 at lr 2e-3; generation probe 96.6 %.
   full  the released image UNet (1.77B with its video / env / joint layers), SD VAE and CLIP
@@ -32,12 +34,15 @@ def get_config(variant: str = "tiny"):
     c.model.mix_conditions = False
     c.model.also_train_on = ()
     c.init_from.autoencoders, c.init_from.bridging_align = "", ""
-    if variant == "tiny":
+    if variant in ("tiny", "quickstart"):
         c.data = shapes_tones_data(["text_image"], resolution=16, text_lengths={"clip": 16})
         c.total_steps, c.batch_size = 30, 16
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 1000
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
+        if variant == "quickstart":  # what README command 1 builds first: tiny with the cpu recipe's target and scale
+            c.model.prediction, c.model.image_vae.latent_scale = "v", "measured"
+            c.total_steps = c.checkpoint_every_steps = 100
     elif variant == "cpu":
         cpu_diffusion(c, "image", ("text", "video", "audio"), steps=1000, batch_size=64, learning_rate=2e-3,
                       probe_every=250)
@@ -48,5 +53,6 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 5000
         c.dtype, c.remat_policy = "bfloat16", "dots_saveable"
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/image_ldm.py; expected tiny, cpu or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/image_ldm.py; "
+                         "expected tiny, quickstart, cpu or full")
     return c

@@ -11,6 +11,8 @@ train on other paired sources too.
 
 Variants:
   tiny  tests / CI: tiny networks (16-d latent), 16 px images, 30 steps; the eps-MSE falls.
+  quickstart  the tiny run README command 1 builds first (configs/latent_align.py): v-prediction and the latent
+        scale measured by its autoencoders run, as cpu; 300 steps.
   cpu   Shapes & Tones at 32 px, the CPU networks, conditioned on image, video or audio, 2000 steps of 64;
         generation probe 80 % (shape 92-98 %, colour 75-86 %; video -> text motion 20 %: the video encoder
         does not carry motion, see bridging_align).
@@ -34,12 +36,15 @@ def get_config(variant: str = "tiny"):
     c.model.also_train_on = ()
     c.init_from.autoencoders, c.init_from.bridging_align = "", ""
     lengths = {"bert": 16}
-    if variant == "tiny":
+    if variant in ("tiny", "quickstart"):
         c.data = shapes_tones_data(["text_image"], resolution=16, text_lengths=lengths)
         c.total_steps, c.batch_size = 30, 16
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 1000
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
+        if variant == "quickstart":  # what README command 1 builds first: tiny with the cpu recipe's target and scale
+            c.model.prediction, c.model.optimus.latent_scale = "v", "measured"
+            c.total_steps = c.checkpoint_every_steps = 300
     elif variant == "cpu":
         # Steps on 16-d latents are ~50x cheaper than the image UNet's: 2000 of them take about a minute.
         cpu_diffusion(c, "text", ("image", "video", "audio"), steps=2000, batch_size=64, probe_every=500)
@@ -50,5 +55,6 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 5000
         c.dtype, c.remat_policy = "bfloat16", "dots_saveable"
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/text_ldm.py; expected tiny, cpu or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/text_ldm.py; "
+                         "expected tiny, quickstart, cpu or full")
     return c

@@ -15,6 +15,8 @@ Variants:
         init_from.image_ldm the UNet is random and its zero-initialised output conv passes no
         gradient to the temporal layers, so this variant trains base + temporal from scratch;
         with init_from.image_ldm set, train temporal only (--config.model.trainable=...).
+  quickstart  the tiny run README command 1 builds first (configs/latent_align.py): v-prediction and the latent
+        scale measured by its autoencoders run, as cpu; 50 steps from its image_ldm.
   cpu   Shapes & Tones, 8 frames of 32 px (8x8x8x4 latents), the CPU networks, conditioned on text, image or
         audio; base and temporal layers train, on videos and on images (also_train_on), 1000 steps of 16 at
         lr 2e-3 from the image ldm. Generation probe at step 1000 (guidance 7.5; 33 min 30 s on 2 cores in
@@ -46,13 +48,16 @@ def get_config(variant: str = "tiny"):
     c.model.mix_conditions = False
     c.model.also_train_on = ()
     c.init_from.autoencoders, c.init_from.bridging_align, c.init_from.image_ldm = "", "", ""
-    if variant == "tiny":
+    if variant in ("tiny", "quickstart"):
         c.model.trainable = ("unet_image:base", "unet_image:temporal")
         c.data = shapes_tones_data(["text_video"], resolution=16, num_frames=4, text_lengths={"clip": 16})
         c.total_steps, c.batch_size = 30, 8
         c.log_every_steps, c.checkpoint_every_steps, c.sample_every_steps = 10, 30, 1000
         c.optim.learning_rate, c.optim.warmup_steps = 2e-3, 3
         c.ema_decay = 0.0
+        if variant == "quickstart":  # what README command 1 builds first: tiny with the cpu recipe's target and scale
+            c.model.prediction, c.model.image_vae.latent_scale = "v", "measured"
+            c.total_steps = c.checkpoint_every_steps = 50
     elif variant == "cpu":
         # The spatial layers train too, on video and on images: frozen at the image diffuser's weights they
         # never learn the motion word (only captions and videos carry it), and video alone would let the
@@ -68,5 +73,6 @@ def get_config(variant: str = "tiny"):
         c.optim.learning_rate, c.optim.warmup_steps = 5e-5, 2000
         c.dtype, c.remat_policy = "bfloat16", "full"
     else:
-        raise ValueError(f"unknown variant {variant!r} of configs/video_ldm.py; expected tiny, cpu or full")
+        raise ValueError(f"unknown variant {variant!r} of configs/video_ldm.py; "
+                         "expected tiny, quickstart, cpu or full")
     return c

@@ -3,7 +3,6 @@
 import filecmp
 import json
 import pathlib
-import shlex
 
 import jax
 import numpy as np
@@ -123,31 +122,6 @@ def test_checkpoint_workdir_supplies_the_components_it_holds(inputs, tmp_path, c
     assert status == 2 and "only the latest step (2)" in err
 
 
-def _readme_generation_command() -> list[str]:
-    """The first command of README's "Generation" block, as a shell would split it."""
-    text = (REPO / "README.md").read_text().split("## Generation", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    return shlex.split(text.replace("\\\n", " ").strip().splitlines()[0])
-
-
-def test_readme_generation_command_samples_a_tiny_training_workdir_without_a_config(tmp_path, monkeypatch):
-    """What README command 1 leaves (workdirs/latent_align, tiny networks) samples with the README's command as
-    written: the workdir's run says which networks, the components it does not hold stay random."""
-    argv = _readme_generation_command()
-    assert argv[:3] == ["python", "-m", "codi_jax.sample"] and "--config" not in argv
-    held = ("clip", "optimus", "image_vae", "audio_vae", "unet_image", "unet_text", "unet_audio")
-    trees = _random_trees(sample.load_config("configs/sample.py:tiny"), held)
-    training = json.loads(load_config_file(str(REPO / "configs" / "latent_align.py")).to_json_best_effort())
-    _write_workdir(tmp_path / argv[argv.index("--checkpoint") + 1], trees, training)
-    monkeypatch.chdir(tmp_path)
-    assert sample.main(argv[3:] + ["--no-progress", "--compilation-cache", "none"]) == 0
-    out = tmp_path / argv[argv.index("--out") + 1]
-    assert sorted(p.name for p in out.iterdir()) == ["audio.wav", "request.json", "video.gif", "video.mp4"]
-    run = json.loads((out / "request.json").read_text())["run"]
-    assert run["config"] == "tiny"
-    assert {c for c, source in run["components"].items() if source.startswith("workdir:")} == set(held)
-    assert run["components"]["clap"] == run["components"]["vocoder"] == "random"
-
-
 def test_a_workdir_names_its_size_and_the_workdirs_its_run_started_from(tmp_path, capsys):
     cpu = sample.load_config("configs/sample.py:cpu")
     bridging = tmp_path / "bridging_align"
@@ -155,7 +129,7 @@ def test_a_workdir_names_its_size_and_the_workdirs_its_run_started_from(tmp_path
     training = json.loads(load_config_file(str(REPO / "configs" / "latent_align.py") + ":cpu").to_json_best_effort())
     training["init_from"] = {"bridging_align": str(bridging), "text_ldm": ""}
     _write_workdir(tmp_path / "latent_align", _random_trees(cpu, ("unet_audio",)), training)
-    config = sample.config_for_checkpoint(str(tmp_path / "latent_align"))
+    config = sampling.config_for_checkpoint(str(tmp_path / "latent_align"))
     assert config.variant == "cpu" and config.components.clap == f"workdir:{bridging}"
     # Networks of no sampling size: one line, exit 2.
     training["model"]["clip"]["overrides"]["projection_dim"] = 48

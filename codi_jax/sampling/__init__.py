@@ -12,10 +12,11 @@ from codi_jax.sampling.pipeline import (GRIFFIN_LIM_ITERATIONS, MEL_INVERSIONS, 
                                         latent_shapes, output_shapes)
 from codi_jax.sampling.requests import SAMPLERS, Request, RequestError, load_inputs, read_batch_file
 from codi_jax.sampling.weights import (RELEASED_MARKER, CheckpointError, abstract_variables, build_networks,
-                                       held_components, load_variables, random_variables, resolve_checkpoint)
+                                       config_for_checkpoint, held_components, load_variables, random_variables,
+                                       resolve_checkpoint)
 
 __all__ = ["COMPONENTS", "GRIFFIN_LIM_ITERATIONS", "MEL_INVERSIONS", "MODALITIES", "RELEASED_MARKER", "SAMPLERS",
            "CheckpointError", "CoDiPipeline", "ConfigError", "Request", "RequestError", "abstract_variables",
-           "build_networks", "compiled", "enable_compilation_cache", "held_components", "latent_shapes",
-           "load_inputs", "load_variables", "output_shapes", "random_variables", "read_batch_file",
+           "build_networks", "compiled", "config_for_checkpoint", "enable_compilation_cache", "held_components",
+           "latent_shapes", "load_inputs", "load_variables", "output_shapes", "random_variables", "read_batch_file",
            "resolve_checkpoint"]

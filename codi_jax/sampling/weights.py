@@ -7,6 +7,7 @@ through its converter). Every source is checked against the configured networks'
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
 
@@ -16,7 +17,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from codi_jax import checkpoints
+from codi_jax import checkpoints, config_files
 from codi_jax.errors import ConfigError
 from codi_jax.models import catalogue, networks
 from codi_jax.models.catalogue import NAMES as COMPONENTS
@@ -117,6 +118,43 @@ def held_components(path) -> list[str]:
     except (ValueError, FileNotFoundError) as err:
         raise CheckpointError(f"checkpoint {path}: {err}") from None
     return [name for name in COMPONENTS if name in tops]
+
+
+def _networks(spec) -> dict:
+    """A `models.<component>` entry as plain JSON values (tuples as lists), without the latent scale a run
+    measured and stored in it."""
+    spec = json.loads(json.dumps(spec.to_dict() if hasattr(spec, "to_dict") else spec))
+    spec.pop("latent_scale", None)
+    spec.get("overrides", {}).pop("scale_factor", None)
+    return spec
+
+
+def config_for_checkpoint(path):
+    """The sampling config a checkpoint implies. A workdir converted from the released files:
+    configs/sample.py:full. A training workdir: the configs/sample.py size (tiny, cpu, full) whose networks are
+    the ones its run trained, every component the workdir does not hold taken from the workdirs its run started
+    from (its config.init_from), else from that size's own source; a coder whose latent scale the run measured
+    takes it from its weights' workdir. ConfigError when no size fits."""
+    workdir, _ = resolve_checkpoint(path)
+    if (pathlib.Path(workdir) / RELEASED_MARKER).is_file():
+        return config_files.load("configs/sample.py:full")
+    saved = checkpoints.saved_config(workdir)
+    trained = saved.get("model", {})
+    for size in ("tiny", "cpu", "full"):
+        config = config_files.load(f"configs/sample.py:{size}")
+        names = [n for n in config.models if n in trained]
+        if names and all(_networks(trained[n]) == _networks(config.models[n]) for n in names):
+            break
+    else:
+        raise ConfigError(f"--checkpoint {path}: its networks ({saved.get('stage', 'unknown stage')}) are none of "
+                          "configs/sample.py's sizes (tiny, cpu, full); give --config")
+    for source in (p for p in saved.get("init_from", {}).values() if isinstance(p, str) and p):
+        for name in held_components(source):
+            config.components[name] = f"workdir:{source}"
+    for name in catalogue.LATENT_CODERS:  # latents scaled as the run scaled them
+        if trained.get(name, {}).get("latent_scale") == "measured":
+            config.models[name].latent_scale = "measured"
+    return config
 
 
 class WeightStore:

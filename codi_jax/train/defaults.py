@@ -43,6 +43,10 @@ def base_config(stage: str, workdir: str) -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict({
         "initialize": False, "coordinator_address": "", "num_processes": 0, "process_id": -1,
     })
+    # Earlier stages to build first, each "configs/<stage>.py:variant [key=value ...]" (train/prerequisites.py).
+    c.prerequisites = ()
+    # Captions to show the finished run with: samples in WORKDIR/samples and a joint table (train/showcase.py).
+    c.showcase = ()
     c.init_from = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -21,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from codi_jax.eval.probes import ProbeLog
 from codi_jax.parallel import mesh as mesh_lib
 from codi_jax.parallel.partitioning import DEFAULT_RULES
-from codi_jax.train import freeze, handoff, reporting, stages, validation
+from codi_jax.train import freeze, handoff, prerequisites, reporting, showcase, stages, validation
 from codi_jax.train.checkpoint import Checkpointer
 from codi_jax.train.errors import ConfigError, NonFiniteError
 from codi_jax.train.optimizer import make_optimizer
@@ -215,8 +216,33 @@ class Trainer:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-    """Trains `config` in `workdir`, resuming there if a checkpoint exists. Returns the final state."""
-    return Trainer(config, workdir).run()
+    """Trains `config` in `workdir`, resuming there if a checkpoint exists, after building the earlier stages
+    its `prerequisites` list; then shows what it made when `showcase` names captions. Returns the final state."""
+    prerequisites.build(config, workdir, train_and_evaluate)
+    state = Trainer(config, workdir).run()
+    if config.showcase and jax.process_index() == 0:
+        show(config, workdir, int(jax.device_get(state.step)))
+    return state
+
+
+def show(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+    """The showcase (train/showcase.py): samples of checkpoint `step` into WORKDIR/samples (kept when they are of
+    that step already), and the joint probe's table on stdout."""
+    probe = config.probe
+    if showcase.written_for(workdir) == step:
+        logging.info("showcase: the samples of step %d exist, kept", step)
+        folder = pathlib.Path(workdir) / "samples"
+    else:
+        logging.info("showcase: generating %d captions' samples", len(config.showcase))
+        folder = showcase.write_samples(workdir, step, config.showcase, sampler=probe.sampler, steps=probe.steps,
+                                        guidance=probe.guidance)
+    print(f"\nsamples: {folder}")
+    listed = (p for p in folder.rglob("*") if p.is_file() and p.name not in ("request.json", showcase.MARKER))
+    for path in sorted(listed):
+        print(f"  {path.relative_to(folder)}")
+    scores = ProbeLog(workdir).latest()
+    if scores:
+        print("\n" + showcase.table(scores, probe.num_examples), flush=True)
 
 
 def _flat_config(config) -> dict:

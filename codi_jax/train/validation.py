@@ -37,6 +37,8 @@ TRAINER_KEYS: dict[str, type | tuple] = {
     "workdir": str,
     "init_from_ema": bool,
     "sharding_rules": (tuple, list),
+    "prerequisites": (tuple, list),
+    "showcase": (tuple, list),
 }
 SECTIONS: dict[str, dict[str, type | tuple]] = {
     "optim": {
