@@ -25,3 +25,17 @@ def load(spec: str):
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} has no get_config()")
     return module.get_config(variant) if variant else module.get_config()
+
+
+def parent_of(config, path: str):
+    """(the section holding it, the last name) of an existing dotted key `path` of `config`, for an override;
+    KeyError naming the first part of the path that is not there."""
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+        if name not in node:
+            raise KeyError(name)
+        node = node[name]
+    if leaf not in node:
+        raise KeyError(leaf)
+    return node, leaf

@@ -34,6 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from codi_jax import config_files
 from codi_jax.eval import metrics_report
 
 EXIT_BAD_INPUT = 2
@@ -473,14 +474,10 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
         if not item.startswith("--config.") or "=" not in item:
             raise UsageError(f"unrecognized argument {item!r}; overrides look like --config.key=value")
         path, _, text = item[len("--config."):].partition("=")
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            if name not in node:
-                raise UsageError(f"--config.{path}: no such key {name!r}")
-            node = node[name]
-        if leaf not in node:
-            raise UsageError(f"--config.{path}: no such key {leaf!r}")
+        try:
+            node, leaf = config_files.parent_of(config, path)
+        except KeyError as e:
+            raise UsageError(f"--config.{path}: no such key {e.args[0]!r}") from None
         value = _parse_value(text)
         if isinstance(node[leaf], str) and not isinstance(value, str):
             value = text

@@ -236,7 +236,7 @@ def show(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
         logging.info("showcase: generating %d captions' samples", len(config.showcase))
         folder = showcase.write_samples(workdir, step, config.showcase, sampler=probe.sampler, steps=probe.steps,
                                         guidance=probe.guidance)
-    print(f"\nsamples: {folder}")
+    print(f"\nsamples: {folder.resolve()}")
     listed = (p for p in folder.rglob("*") if p.is_file() and p.name not in ("request.json", showcase.MARKER))
     for path in sorted(listed):
         print(f"  {path.relative_to(folder)}")

@@ -46,14 +46,10 @@ def load(entry: str) -> ml_collections.ConfigDict:
     spec, overrides = parse(entry)
     config = config_files.load(spec)
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            if part not in node:
-                raise ConfigError(f"config.prerequisites: {spec} has no key {key}")
-            node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"config.prerequisites: {spec} has no key {key}")
+        try:
+            node, leaf = config_files.parent_of(config, key)
+        except KeyError:
+            raise ConfigError(f"config.prerequisites: {spec} has no key {key}") from None
         try:
             node[leaf] = value
         except TypeError as e:  # ml_collections keeps each field's type
