@@ -76,8 +76,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, train: Callable) -> N
     entries = list(config.get("prerequisites", ()))
     built = {source: path for source, path in config.init_from.items() if isinstance(path, str) and path}
     for index, entry in enumerate(entries, 1):
-        stage = load(entry)
-        name = stage_name(parse(entry)[0])
+        stage, name = load(entry), stage_name(entry.split()[0])
         if name in built:
             logging.info("prerequisite %d/%d %s: given (init_from.%s=%s)", index, len(entries), name, name,
                          built[name])
